@@ -1,0 +1,1 @@
+//! Request-latency middleware for axum services (work in progress).
