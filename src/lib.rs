@@ -2,7 +2,20 @@
 //!
 //! The crate holds every component behind the `okr-exporter` binary: the
 //! request-latency middleware ([`http_metrics`]), the PostgreSQL collector
-//! ([`collector`]), the exporter HTTP server ([`server`]) and the embedded
-//! PostgreSQL used by the demo and the tests ([`embedded_pg`]).
+//! ([`collector`]), the exporter HTTP server ([`server`]), the demo
+//! ([`demo`]) and the embedded PostgreSQL used by the demo and the tests
+//! ([`embedded_pg`]).
 
+pub mod api_error;
+pub mod check;
+pub mod collector;
+pub mod config;
+pub mod db;
+pub mod demo;
+pub mod embedded_pg;
+pub mod exposition;
 pub mod http_metrics;
+pub mod ingest;
+pub mod landing;
+pub mod report;
+pub mod server;

@@ -1,1 +1,5 @@
 //! Integration tests against a real PostgreSQL, Prometheus and Alertmanager.
+
+mod dashboards;
+mod foundation;
+mod support;

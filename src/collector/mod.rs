@@ -1,0 +1,406 @@
+//! The OKR collector: polls PostgreSQL in the background and turns the
+//! product's tables into gauges (DESIGN §4, §7).
+//!
+//! One file per OKR family, each a small type implementing [`OkrCollector`]
+//! and listed once in [`all_collectors`]. The [`Scheduler`] runs each on its
+//! own interval (first run jittered, never two runs of one collector at
+//! once), inside a read-only transaction with its own statement timeout, so
+//! one slow or failing query never blanks or delays the others. A run's
+//! result replaces that collector's [`SnapshotStore`] entry; a failure is
+//! counted and never stored as a value, and values older than the staleness
+//! limit are dropped.
+
+mod adoption;
+mod creation_time;
+mod drafts;
+mod engagement;
+mod inventory;
+mod mobile;
+mod next_action;
+mod rollups;
+mod snapshot;
+mod targets;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use futures_util::future::BoxFuture;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family as MetricFamily;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use rand::Rng;
+use sqlx::{PgConnection, PgPool};
+
+pub use adoption::AdoptionCollector;
+pub use creation_time::CreationTimeCollector;
+pub use drafts::DraftsCollector;
+pub use engagement::EngagementCollector;
+pub use inventory::InventoryCollector;
+pub use mobile::MobileCollector;
+pub use next_action::NextActionCollector;
+pub use rollups::{ROLLUP_LOCK_KEY, RollupCollector};
+pub use snapshot::{Family, Sample, SnapshotStore};
+pub use targets::register_targets;
+
+use crate::config::{Settings, Targets, Windows};
+
+/// What a collector run needs besides its connection.
+#[derive(Debug, Clone)]
+pub struct CollectContext {
+    /// "Now", taken once per run (microsecond precision, as PostgreSQL).
+    pub now: DateTime<Utc>,
+    /// Rolling windows.
+    pub windows: Windows,
+    /// Targets (for the within-target ratio).
+    pub targets: Targets,
+    /// Companies broken out in the engagement breakdown.
+    pub company_top_n: usize,
+}
+
+impl CollectContext {
+    /// A context for `now` (truncated to microseconds) and `settings`.
+    pub fn new(now: DateTime<Utc>, settings: &Settings) -> Self {
+        Self {
+            now: now.trunc_subsecs(6),
+            windows: settings.windows.clone(),
+            targets: settings.targets.clone(),
+            company_top_n: settings.company_top_n,
+        }
+    }
+
+    /// Window labels and lengths in seconds, as SQL array parameters.
+    pub fn window_params(&self) -> (Vec<String>, Vec<f64>) {
+        self.windows
+            .0
+            .iter()
+            .map(|w| (w.label.clone(), w.duration.as_secs_f64()))
+            .unzip()
+    }
+}
+
+/// One OKR family's collector.
+pub trait OkrCollector: Send + Sync + 'static {
+    /// The `collector` label value and configuration key.
+    fn name(&self) -> &'static str;
+
+    /// Default interval when the configuration has no override (None: the
+    /// global collection interval).
+    fn default_interval(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Whether the collector writes (runs on the primary, not the read replica).
+    fn writes(&self) -> bool {
+        false
+    }
+
+    /// Runs the collector's queries on `conn` (inside a transaction whose
+    /// statement timeout is already set) and returns its gauge families.
+    fn collect<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        ctx: &'a CollectContext,
+    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>>;
+}
+
+/// Every collector, in the order they are listed on `/metrics`.
+pub fn all_collectors() -> Vec<Arc<dyn OkrCollector>> {
+    vec![
+        Arc::new(CreationTimeCollector),
+        Arc::new(DraftsCollector),
+        Arc::new(EngagementCollector),
+        Arc::new(NextActionCollector),
+        Arc::new(MobileCollector),
+        Arc::new(AdoptionCollector),
+        Arc::new(InventoryCollector),
+        Arc::new(RollupCollector),
+    ]
+}
+
+/// Label set `{collector}` of the exporter's own metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectorLabel {
+    /// Collector name.
+    pub collector: String,
+}
+
+/// The exporter's self-metrics about collection (`okr_exporter_*`).
+#[derive(Debug, Clone, Default)]
+pub struct CollectorMetrics {
+    /// Duration of the last run.
+    pub duration: MetricFamily<CollectorLabel, Gauge<f64, AtomicU64>>,
+    /// Runs.
+    pub runs: MetricFamily<CollectorLabel, Counter>,
+    /// Failed runs.
+    pub errors: MetricFamily<CollectorLabel, Counter>,
+    /// Unix time of the last success.
+    pub last_success: MetricFamily<CollectorLabel, Gauge<f64, AtomicU64>>,
+    /// 1 if the last poll reached the database.
+    pub up: Gauge<i64, AtomicI64>,
+}
+
+impl CollectorMetrics {
+    /// Registers the self-metrics in `registry`.
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = Self::default();
+        registry.register(
+            "okr_exporter_collection_duration_seconds",
+            "Duration of the collector's last run, in seconds.",
+            m.duration.clone(),
+        );
+        registry.register(
+            "okr_exporter_collections",
+            "Collector runs since start.",
+            m.runs.clone(),
+        );
+        registry.register(
+            "okr_exporter_collection_errors",
+            "Collector runs that failed since start (the failure is never served as a value).",
+            m.errors.clone(),
+        );
+        registry.register(
+            "okr_exporter_last_success_timestamp_seconds",
+            "Unix time of the collector's last successful run.",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "okr_exporter_up",
+            "1 if the last poll reached the database, 0 otherwise.",
+            m.up.clone(),
+        );
+        m
+    }
+
+    fn label(name: &str) -> CollectorLabel {
+        CollectorLabel {
+            collector: name.to_owned(),
+        }
+    }
+}
+
+/// Why one collector run failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The database could not be reached.
+    #[error("database unreachable: {0}")]
+    Unreachable(sqlx::Error),
+    /// A query failed (including its statement timeout).
+    #[error("query failed: {0}")]
+    Query(sqlx::Error),
+    /// The run exceeded its deadline.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl CollectError {
+    fn from_sqlx(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Protocol(_) => Self::Unreachable(e),
+            other => Self::Query(other),
+        }
+    }
+}
+
+/// Runs the collectors on their intervals and publishes their snapshots.
+#[derive(Clone)]
+pub struct Scheduler {
+    collectors: Vec<Arc<dyn OkrCollector>>,
+    read_pool: PgPool,
+    write_pool: PgPool,
+    settings: Arc<Settings>,
+    store: Arc<SnapshotStore>,
+    metrics: CollectorMetrics,
+}
+
+impl Scheduler {
+    /// A scheduler over `collectors`; reads go to `read_pool`, rollup writes
+    /// to `write_pool`.
+    pub fn new(
+        collectors: Vec<Arc<dyn OkrCollector>>,
+        read_pool: PgPool,
+        write_pool: PgPool,
+        settings: Arc<Settings>,
+        store: Arc<SnapshotStore>,
+        metrics: CollectorMetrics,
+    ) -> Self {
+        Self {
+            collectors,
+            read_pool,
+            write_pool,
+            settings,
+            store,
+            metrics,
+        }
+    }
+
+    /// Interval of one collector: configuration override, else the
+    /// collector's own default, else the global interval.
+    pub fn interval_of(&self, c: &dyn OkrCollector) -> Duration {
+        self.settings
+            .collector_intervals
+            .get(c.name())
+            .copied()
+            .or_else(|| {
+                c.default_interval()
+                    .map(|d| d.max(self.settings.collect_interval))
+            })
+            .unwrap_or(self.settings.collect_interval)
+    }
+
+    /// How long one collector's last good values are served: the staleness
+    /// limit, stretched for collectors that run less often than that.
+    pub fn max_age_of(&self, c: &dyn OkrCollector) -> Duration {
+        self.settings.max_staleness.max(self.interval_of(c) * 3)
+    }
+
+    /// Runs every collector forever, each in its own loop.
+    pub async fn run(self) {
+        let loops = self.collectors.clone().into_iter().map(|c| {
+            let me = self.clone();
+            async move { me.run_loop(c).await }
+        });
+        futures_util::future::join_all(loops).await;
+    }
+
+    async fn run_loop(&self, c: Arc<dyn OkrCollector>) {
+        let interval = self.interval_of(c.as_ref());
+        // Jitter the first poll so replicas (and collectors) do not hit the
+        // database in lockstep.
+        let max_jitter = (interval / 10).min(Duration::from_secs(2));
+        let jitter = rand::rng().random_range(0..=max_jitter.as_millis() as u64);
+        tokio::time::sleep(Duration::from_millis(jitter)).await;
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            let started = Instant::now();
+            let result = self.run_one(c.as_ref(), Utc::now()).await;
+            let wait = match result {
+                Err(CollectError::Unreachable(_)) | Err(CollectError::Timeout(_)) => {
+                    let wait = backoff.min(interval);
+                    backoff = (backoff * 2).min(interval);
+                    wait
+                }
+                _ => {
+                    backoff = Duration::from_secs(1);
+                    interval
+                }
+            };
+            tokio::time::sleep(wait.saturating_sub(started.elapsed())).await;
+        }
+    }
+
+    /// Runs every collector once, concurrently, at `now` (tests, start-up).
+    pub async fn run_all_once(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Vec<(&'static str, Result<(), CollectError>)> {
+        let runs = self
+            .collectors
+            .iter()
+            .map(|c| async move { (c.name(), self.run_one(c.as_ref(), now).await.map(|_| ())) });
+        futures_util::future::join_all(runs).await
+    }
+
+    /// Runs one collector once and records the outcome.
+    pub async fn run_one(
+        &self,
+        c: &dyn OkrCollector,
+        now: DateTime<Utc>,
+    ) -> Result<usize, CollectError> {
+        let label = CollectorMetrics::label(c.name());
+        let started = Instant::now();
+        let ctx = CollectContext::new(now, &self.settings);
+        let pool = if c.writes() {
+            &self.write_pool
+        } else {
+            &self.read_pool
+        };
+        let timeout = self.settings.query_timeout;
+        // The statement timeout cancels a slow query in the server; this
+        // deadline also covers connecting and a server that does not answer.
+        let deadline = timeout + timeout / 2 + Duration::from_secs(1);
+        let result =
+            match tokio::time::timeout(deadline, collect_in_tx(c, pool, &ctx, timeout)).await {
+                Ok(r) => r,
+                Err(_) => Err(CollectError::Timeout(deadline)),
+            };
+        self.metrics.runs.get_or_create(&label).inc();
+        self.metrics
+            .duration
+            .get_or_create(&label)
+            .set(started.elapsed().as_secs_f64());
+        match result {
+            Ok(families) => {
+                let n = families.len();
+                self.metrics.up.set(1);
+                self.metrics
+                    .last_success
+                    .get_or_create(&label)
+                    .set(Utc::now().timestamp_micros() as f64 / 1e6);
+                self.store
+                    .publish(c.name(), families, self.interval_of(c), self.max_age_of(c));
+                Ok(n)
+            }
+            Err(e) => {
+                if matches!(e, CollectError::Unreachable(_)) {
+                    self.metrics.up.set(0);
+                } else {
+                    self.metrics.up.set(1);
+                }
+                self.metrics.errors.get_or_create(&label).inc();
+                tracing::warn!(collector = c.name(), error = %e, "collection failed");
+                Err(e)
+            }
+        }
+    }
+}
+
+async fn collect_in_tx(
+    c: &dyn OkrCollector,
+    pool: &PgPool,
+    ctx: &CollectContext,
+    timeout: Duration,
+) -> Result<Vec<Family>, CollectError> {
+    let mut conn = pool.acquire().await.map_err(CollectError::from_sqlx)?;
+    // Readers see one snapshot across their statements; the rollup writer
+    // reads committed rows after taking its lock, so it never trips over a
+    // row another replica wrote just before.
+    let mode = if c.writes() {
+        "READ COMMITTED, READ WRITE"
+    } else {
+        "REPEATABLE READ, READ ONLY"
+    };
+    // Only our own constants and an integer are formatted in.
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "BEGIN ISOLATION LEVEL {mode}; SET LOCAL statement_timeout = {}",
+        timeout.as_millis().max(1)
+    )))
+    .execute(&mut *conn)
+    .await
+    .map_err(CollectError::from_sqlx)?;
+    match c.collect(&mut conn, ctx).await {
+        Ok(families) => {
+            sqlx::query("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(CollectError::from_sqlx)?;
+            Ok(families)
+        }
+        Err(e) => {
+            let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+            Err(CollectError::from_sqlx(e))
+        }
+    }
+}
+
+/// Ratio `num / den`, or `None` (an absent series) when `den` is zero.
+pub fn ratio(num: i64, den: i64) -> Option<f64> {
+    (den > 0).then(|| num as f64 / den as f64)
+}

@@ -1,0 +1,758 @@
+//! Command line, environment and configuration file (DESIGN §6).
+//!
+//! Flags fall back to environment variables (clap `env`); the optional TOML
+//! file (`--config`) holds targets, windows, per-endpoint latency targets and
+//! collector intervals. A flag or variable wins over the file, the file over
+//! the built-in default. Every value is validated while parsing, so a bad
+//! value stops the program with one clear line before anything starts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+/// Top-level command line of the `okr-exporter` binary.
+#[derive(Debug, Parser)]
+#[command(
+    name = "okr-exporter",
+    version,
+    about = "Prometheus exporter for the Follow-Up product's OKRs and API latency",
+    long_about = "Prometheus exporter for the Follow-Up product's OKRs and API latency.\n\n\
+        Polls the product's PostgreSQL tables in the background and serves OKR gauges, \
+        targets and its own health on /metrics, plus authenticated ingestion endpoints \
+        for client-side events."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+    /// Options shared by every subcommand.
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve /metrics, health, report and ingestion endpoints (the production mode).
+    Serve(ServeArgs),
+    /// Apply the exporter's own migrations and exit.
+    Migrate(MigrateArgs),
+    /// Verify the source tables, their columns and the migration state; exit 0 or 1.
+    Check,
+    /// Run everything on a private embedded PostgreSQL with generated history and live traffic.
+    Demo(DemoArgs),
+}
+
+/// Options shared by all subcommands.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// PostgreSQL URL (postgres://user:password@host:port/db). `demo` starts an
+    /// embedded PostgreSQL when it is not given. The password is never logged.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Read replica URL for the collector's queries (defaults to --database-url).
+    #[arg(long, env = "DATABASE_READ_URL", global = true, hide_env_values = true)]
+    pub database_read_url: Option<String>,
+
+    /// Address the exporter listens on.
+    #[arg(
+        long,
+        env = "OKR_LISTEN",
+        global = true,
+        default_value = "127.0.0.1:9464"
+    )]
+    pub listen: SocketAddr,
+
+    /// How often the collector polls PostgreSQL [default: 60s].
+    #[arg(long, env = "OKR_COLLECT_INTERVAL", global = true, value_parser = parse_duration)]
+    pub collect_interval: Option<Duration>,
+
+    /// Statement timeout of each OKR query [default: 10s].
+    #[arg(long, env = "OKR_QUERY_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub query_timeout: Option<Duration>,
+
+    /// How long the last good values are served while the database fails
+    /// [default: 3 × collect interval].
+    #[arg(long, env = "OKR_MAX_STALENESS", global = true, value_parser = parse_duration)]
+    pub max_staleness: Option<Duration>,
+
+    /// Rolling windows, comma-separated humantime durations [default: 1d,7d,30d].
+    #[arg(long, env = "OKR_WINDOWS", global = true, value_parser = parse_windows)]
+    pub windows: Option<Windows>,
+
+    /// Bearer token required by the ingestion endpoints; ingestion is refused until one is set.
+    #[arg(long, env = "OKR_INGEST_TOKEN", global = true, hide_env_values = true)]
+    pub ingest_token: Option<String>,
+
+    /// Bearer token protecting /metrics, / and the report (optional).
+    #[arg(long, env = "OKR_METRICS_TOKEN", global = true, hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Basic-auth credentials `user:password` protecting /metrics, / and the report (optional).
+    #[arg(
+        long,
+        env = "OKR_METRICS_BASIC_AUTH",
+        global = true,
+        hide_env_values = true
+    )]
+    pub metrics_basic_auth: Option<String>,
+
+    /// Number of companies broken out in okr_engagement_by_company_ratio [default: 20].
+    #[arg(long, env = "OKR_COMPANY_TOP_N", global = true)]
+    pub company_top_n: Option<usize>,
+
+    /// TOML file with targets, windows, latency targets and collector intervals.
+    #[arg(long, env = "OKR_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+
+    /// Log format.
+    #[arg(long, env = "OKR_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Log filter (tracing EnvFilter syntax, e.g. `info` or `okr_exporter=debug`).
+    #[arg(long, env = "OKR_LOG", global = true, default_value = "info")]
+    pub log: String,
+
+    /// Create the indexes the collector relies on in the source tables
+    /// (sql/source_indexes.sql, built concurrently) at start-up.
+    #[arg(long, env = "OKR_CREATE_SOURCE_INDEXES", global = true)]
+    pub create_source_indexes: bool,
+
+    /// Largest request body accepted by the ingestion endpoints, in bytes.
+    #[arg(long, env = "OKR_MAX_BODY_BYTES", global = true, default_value_t = 16 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest creation duration accepted by ingestion.
+    #[arg(long, env = "OKR_MAX_CREATION_DURATION", global = true, default_value = "1d",
+          value_parser = parse_duration)]
+    pub max_creation_duration: Duration,
+
+    /// Write one row per instrumented request to the performance_metrics table.
+    #[arg(long, env = "OKR_REQUEST_LOG", global = true)]
+    pub request_log: bool,
+
+    /// Delete request-log rows older than this.
+    #[arg(long, env = "OKR_REQUEST_LOG_RETENTION", global = true, default_value = "30d",
+          value_parser = parse_duration)]
+    pub request_log_retention: Duration,
+
+    /// Request header carrying the user id written to the request log.
+    #[arg(
+        long,
+        env = "OKR_REQUEST_LOG_USER_HEADER",
+        global = true,
+        default_value = "x-user-id"
+    )]
+    pub request_log_user_header: String,
+}
+
+/// `serve` options.
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {}
+
+/// `migrate` options.
+#[derive(Debug, Args, Default)]
+pub struct MigrateArgs {}
+
+/// `demo` options.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Seed of the generated history and traffic (same seed, same data).
+    #[arg(long, env = "OKR_DEMO_SEED", default_value_t = 42)]
+    pub seed: u64,
+    /// Days of history to backfill.
+    #[arg(long, env = "OKR_DEMO_DAYS", default_value_t = 45,
+          value_parser = clap::value_parser!(u32).range(1..=730))]
+    pub days: u32,
+    /// Follow-ups created per day in the backfilled history.
+    #[arg(long, env = "OKR_DEMO_FOLLOWUPS_PER_DAY", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub followups_per_day: u32,
+    /// Address of the demo's reference Follow-Up API.
+    #[arg(long, env = "OKR_DEMO_API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub api_listen: SocketAddr,
+    /// Simulated requests per second against the reference API (0 disables traffic).
+    #[arg(long, env = "OKR_DEMO_RPS", default_value_t = 10.0)]
+    pub rps: f64,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// A duration in humantime syntax (`30s`, `7d`).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 30s, 5m or 7d ({e})"))?;
+    if d.is_zero() {
+        return Err(format!("'{s}' must be longer than zero"));
+    }
+    Ok(d)
+}
+
+/// One rolling window: its label (as written, e.g. `7d`) and its length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Window {
+    /// The `window` label value.
+    pub label: String,
+    /// The window's length.
+    pub duration: Duration,
+}
+
+/// The configured windows, in the order given, without duplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Windows(pub Vec<Window>);
+
+impl Windows {
+    /// The longest window.
+    pub fn longest(&self) -> Duration {
+        self.0.iter().map(|w| w.duration).max().unwrap_or_default()
+    }
+}
+
+impl Default for Windows {
+    fn default() -> Self {
+        parse_windows("1d,7d,30d").unwrap_or(Windows(Vec::new()))
+    }
+}
+
+/// Parses a comma-separated window list such as `1d,7d,30d`.
+pub fn parse_windows(s: &str) -> Result<Windows, String> {
+    let mut out: Vec<Window> = Vec::new();
+    for part in s.split(',') {
+        let label = part.trim();
+        if label.is_empty() {
+            return Err(format!(
+                "'{s}' has an empty window; expected e.g. 1d,7d,30d"
+            ));
+        }
+        let duration = parse_duration(label)?;
+        if duration > Duration::from_secs(3 * 366 * 86_400) {
+            return Err(format!("window '{label}' is longer than three years"));
+        }
+        if out
+            .iter()
+            .any(|w| w.label == label || w.duration == duration)
+        {
+            return Err(format!("window '{label}' is given twice"));
+        }
+        out.push(Window {
+            label: label.to_owned(),
+            duration,
+        });
+    }
+    Ok(Windows(out))
+}
+
+/// A PostgreSQL URL whose `Display`/`Debug` never show the password.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DatabaseUrl(String);
+
+impl DatabaseUrl {
+    /// Validates a `postgres://` or `postgresql://` URL.
+    pub fn parse_arg(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let redacted = redact_url(s);
+        if !(s.starts_with("postgres://") || s.starts_with("postgresql://")) {
+            return Err(format!(
+                "'{redacted}' is not a PostgreSQL URL (expected postgres://user:password@host:port/database)"
+            ));
+        }
+        sqlx::postgres::PgConnectOptions::from_str(s)
+            .map_err(|_| format!("'{redacted}' is not a valid PostgreSQL URL"))?;
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The full URL, password included: hand it only to the driver.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact_url(&self.0))
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+/// Replaces the password of a URL (and any `password=` query parameter) by `***`.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let rest_start = scheme_end + 3;
+        let authority_end = out[rest_start..]
+            .find(['/', '?'])
+            .map_or(out.len(), |i| rest_start + i);
+        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+            let userinfo = &out[rest_start..rest_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
+            }
+        }
+    }
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_owned(),
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
+
+/// A secret string (token) whose `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Accepts any non-empty value without surrounding whitespace.
+    pub fn parse_arg(s: &str) -> Result<Self, String> {
+        let t = s.trim();
+        if t.is_empty() {
+            return Err("the token must not be empty".to_owned());
+        }
+        Ok(Self(t.to_owned()))
+    }
+
+    /// Wraps a value (for tests and library users).
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The secret itself: compare it in constant time, never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// Basic-auth credentials for the read endpoints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BasicCredentials {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: Secret,
+}
+
+impl BasicCredentials {
+    /// Parses `user:password`.
+    pub fn parse_arg(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            Some((u, p)) if !u.is_empty() && !p.is_empty() => Ok(Self {
+                user: u.to_owned(),
+                password: Secret(p.to_owned()),
+            }),
+            _ => Err("expected user:password".to_owned()),
+        }
+    }
+}
+
+impl fmt::Debug for BasicCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "BasicCredentials({}:***)", self.user)
+    }
+}
+
+/// OKR targets and alert floors, exported as `okr_target_*` series.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Targets {
+    /// P80 creation time target, seconds.
+    pub creation_time_p80_seconds: f64,
+    /// Draft completion target ratio.
+    pub draft_completion_ratio: f64,
+    /// Draft completion alert floor ratio.
+    pub draft_completion_alert_floor_ratio: f64,
+    /// Prospect engagement target (unique visitors per follow-up).
+    pub engagement_ratio: f64,
+    /// Mobile views target ratio.
+    pub mobile_views_ratio: f64,
+    /// Time to next action target, seconds.
+    pub time_to_next_action_avg_seconds: f64,
+}
+
+impl Default for Targets {
+    fn default() -> Self {
+        Self {
+            creation_time_p80_seconds: 600.0,
+            draft_completion_ratio: 0.8,
+            draft_completion_alert_floor_ratio: 0.75,
+            engagement_ratio: 0.4,
+            mobile_views_ratio: 0.4,
+            time_to_next_action_avg_seconds: 604_800.0,
+        }
+    }
+}
+
+/// One per-endpoint latency target from the configuration file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LatencyTarget {
+    /// HTTP method, e.g. `POST`.
+    pub method: String,
+    /// Route template, e.g. `/api/followups/{id}`.
+    pub route: String,
+    /// P95 target in seconds.
+    pub p95_seconds: f64,
+}
+
+/// The optional TOML configuration file.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Windows, e.g. `["1d", "7d", "30d"]`.
+    pub windows: Option<Vec<String>>,
+    /// Collection interval, humantime.
+    pub collect_interval: Option<String>,
+    /// Query timeout, humantime.
+    pub query_timeout: Option<String>,
+    /// Staleness limit, humantime.
+    pub max_staleness: Option<String>,
+    /// Companies broken out in the engagement breakdown.
+    pub company_top_n: Option<usize>,
+    /// OKR targets.
+    #[serde(default)]
+    pub targets: Targets,
+    /// Per-endpoint latency targets (replace the defaults when given).
+    pub latency_targets: Option<Vec<LatencyTarget>>,
+    /// Latency histogram bucket bounds, seconds.
+    pub latency_buckets: Option<Vec<f64>>,
+    /// Per-collector interval overrides, e.g. `adoption = "5m"`.
+    #[serde(default)]
+    pub collector_intervals: BTreeMap<String, String>,
+}
+
+/// Everything the server and collector need, resolved and validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Primary database.
+    pub database_url: Option<DatabaseUrl>,
+    /// Database the collector reads from.
+    pub database_read_url: Option<DatabaseUrl>,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Collection interval.
+    pub collect_interval: Duration,
+    /// Per-query statement timeout.
+    pub query_timeout: Duration,
+    /// Longest time a collector's last good values are served.
+    pub max_staleness: Duration,
+    /// Rolling windows.
+    pub windows: Windows,
+    /// Ingestion token.
+    pub ingest_token: Option<Secret>,
+    /// Bearer token for the read endpoints.
+    pub metrics_token: Option<Secret>,
+    /// Basic credentials for the read endpoints.
+    pub metrics_basic_auth: Option<BasicCredentials>,
+    /// Top-N companies.
+    pub company_top_n: usize,
+    /// OKR targets.
+    pub targets: Targets,
+    /// Per-endpoint latency targets (None: the middleware's defaults).
+    pub latency_targets: Option<Vec<LatencyTarget>>,
+    /// Latency buckets (None: the middleware's defaults).
+    pub latency_buckets: Option<Vec<f64>>,
+    /// Per-collector interval overrides.
+    pub collector_intervals: BTreeMap<String, Duration>,
+    /// Create source indexes at start-up.
+    pub create_source_indexes: bool,
+    /// Ingestion body limit.
+    pub max_body_bytes: usize,
+    /// Largest accepted creation duration.
+    pub max_creation_duration: Duration,
+    /// Request log enabled.
+    pub request_log: bool,
+    /// Request log retention.
+    pub request_log_retention: Duration,
+    /// Request log user header.
+    pub request_log_user_header: String,
+}
+
+/// A configuration problem found while resolving [`Settings`].
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The configuration file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// File path.
+        path: PathBuf,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The configuration file is not valid TOML of the expected shape.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// File path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl CommonArgs {
+    /// Merges flags, the configuration file and defaults into [`Settings`].
+    pub fn resolve(&self) -> Result<Settings, ConfigError> {
+        let file = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                toml::from_str::<FileConfig>(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.message().to_owned(),
+                })?
+            }
+            None => FileConfig::default(),
+        };
+        let file_duration =
+            |v: &Option<String>, what: &str| -> Result<Option<Duration>, ConfigError> {
+                v.as_deref()
+                    .map(|s| {
+                        parse_duration(s).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))
+                    })
+                    .transpose()
+            };
+        let collect_interval = self
+            .collect_interval
+            .or(file_duration(&file.collect_interval, "collect_interval")?)
+            .unwrap_or(Duration::from_secs(60));
+        let query_timeout = self
+            .query_timeout
+            .or(file_duration(&file.query_timeout, "query_timeout")?)
+            .unwrap_or(Duration::from_secs(10));
+        let max_staleness = self
+            .max_staleness
+            .or(file_duration(&file.max_staleness, "max_staleness")?)
+            .unwrap_or(collect_interval * 3);
+        let windows = match (&self.windows, &file.windows) {
+            (Some(w), _) => w.clone(),
+            (None, Some(list)) => parse_windows(&list.join(","))
+                .map_err(|e| ConfigError::Invalid(format!("windows: {e}")))?,
+            (None, None) => Windows::default(),
+        };
+        let company_top_n = self.company_top_n.or(file.company_top_n).unwrap_or(20);
+        let mut collector_intervals = BTreeMap::new();
+        for (name, v) in &file.collector_intervals {
+            let d = parse_duration(v)
+                .map_err(|e| ConfigError::Invalid(format!("collector_intervals.{name}: {e}")))?;
+            collector_intervals.insert(name.clone(), d);
+        }
+        validate_targets(&file.targets)?;
+        if let Some(lt) = &file.latency_targets {
+            for t in lt {
+                if !(t.p95_seconds.is_finite() && t.p95_seconds > 0.0) {
+                    return Err(ConfigError::Invalid(format!(
+                        "latency target for {} {} must be a positive number of seconds",
+                        t.method, t.route
+                    )));
+                }
+            }
+        }
+        if let Some(b) = &file.latency_buckets
+            && (b.is_empty()
+                || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
+                || b.windows(2).any(|w| w[0] >= w[1]))
+        {
+            return Err(ConfigError::Invalid(
+                "latency_buckets must be positive, finite and strictly increasing".to_owned(),
+            ));
+        }
+        // Secrets are validated here rather than by clap, whose error
+        // message would repeat the raw value.
+        let url = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|s| {
+                    DatabaseUrl::parse_arg(s)
+                        .map_err(|e| ConfigError::Invalid(format!("{flag}: {e}")))
+                })
+                .transpose()
+        };
+        let secret = |flag: &str, v: &Option<String>| {
+            v.as_deref()
+                .map(|s| {
+                    Secret::parse_arg(s).map_err(|e| ConfigError::Invalid(format!("{flag}: {e}")))
+                })
+                .transpose()
+        };
+        let metrics_basic_auth = self
+            .metrics_basic_auth
+            .as_deref()
+            .map(|s| {
+                BasicCredentials::parse_arg(s)
+                    .map_err(|e| ConfigError::Invalid(format!("--metrics-basic-auth: {e}")))
+            })
+            .transpose()?;
+        Ok(Settings {
+            database_url: url("--database-url", &self.database_url)?,
+            database_read_url: url("--database-read-url", &self.database_read_url)?,
+            listen: self.listen,
+            collect_interval,
+            query_timeout,
+            max_staleness,
+            windows,
+            ingest_token: secret("--ingest-token", &self.ingest_token)?,
+            metrics_token: secret("--metrics-token", &self.metrics_token)?,
+            metrics_basic_auth,
+            company_top_n,
+            targets: file.targets,
+            latency_targets: file.latency_targets,
+            latency_buckets: file.latency_buckets,
+            collector_intervals,
+            create_source_indexes: self.create_source_indexes,
+            max_body_bytes: self.max_body_bytes,
+            max_creation_duration: self.max_creation_duration,
+            request_log: self.request_log,
+            request_log_retention: self.request_log_retention,
+            request_log_user_header: self.request_log_user_header.clone(),
+        })
+    }
+}
+
+fn validate_targets(t: &Targets) -> Result<(), ConfigError> {
+    let ratios = [
+        ("draft_completion_ratio", t.draft_completion_ratio),
+        (
+            "draft_completion_alert_floor_ratio",
+            t.draft_completion_alert_floor_ratio,
+        ),
+        ("mobile_views_ratio", t.mobile_views_ratio),
+    ];
+    for (name, v) in ratios {
+        if !(0.0..=1.0).contains(&v) {
+            return Err(ConfigError::Invalid(format!(
+                "targets.{name} must be between 0 and 1"
+            )));
+        }
+    }
+    let positives = [
+        ("creation_time_p80_seconds", t.creation_time_p80_seconds),
+        ("engagement_ratio", t.engagement_ratio),
+        (
+            "time_to_next_action_avg_seconds",
+            t.time_to_next_action_avg_seconds,
+        ),
+    ];
+    for (name, v) in positives {
+        if !(v.is_finite() && v >= 0.0) {
+            return Err(ConfigError::Invalid(format!(
+                "targets.{name} must be a non-negative number"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl Settings {
+    /// Settings with every default and the given database, for tests and
+    /// library users.
+    pub fn for_database(url: Option<DatabaseUrl>) -> Self {
+        Self {
+            database_url: url,
+            database_read_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
+            collect_interval: Duration::from_secs(60),
+            query_timeout: Duration::from_secs(10),
+            max_staleness: Duration::from_secs(180),
+            windows: Windows::default(),
+            ingest_token: None,
+            metrics_token: None,
+            metrics_basic_auth: None,
+            company_top_n: 20,
+            targets: Targets::default(),
+            latency_targets: None,
+            latency_buckets: None,
+            collector_intervals: BTreeMap::new(),
+            create_source_indexes: false,
+            max_body_bytes: 16 * 1024,
+            max_creation_duration: Duration::from_secs(86_400),
+            request_log: false,
+            request_log_retention: Duration::from_secs(30 * 86_400),
+            request_log_user_header: "x-user-id".to_owned(),
+        }
+    }
+
+    /// The collection interval of one collector (override or the global one).
+    pub fn interval_of(&self, collector: &str) -> Duration {
+        self.collector_intervals
+            .get(collector)
+            .copied()
+            .unwrap_or(self.collect_interval)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn windows_parse_in_order_and_reject_bad_lists() {
+        let w = parse_windows("1d, 7d,30d").unwrap();
+        let labels: Vec<_> = w.0.iter().map(|w| w.label.as_str()).collect();
+        assert_eq!(labels, ["1d", "7d", "30d"]);
+        assert_eq!(w.0[1].duration, Duration::from_secs(7 * 86_400));
+        assert_eq!(w.longest(), Duration::from_secs(30 * 86_400));
+        assert!(parse_windows("1d,,7d").is_err());
+        assert!(parse_windows("1d,24h").is_err(), "same length twice");
+        assert!(parse_windows("0s").is_err());
+        assert!(parse_windows("soon").is_err());
+    }
+
+    #[test]
+    fn urls_are_redacted() {
+        assert_eq!(
+            redact_url("postgres://u:s3cret@db:5432/x"),
+            "postgres://u:***@db:5432/x"
+        );
+        assert_eq!(
+            redact_url("postgres://db/x?user=u&password=s3cret&sslmode=require"),
+            "postgres://db/x?user=u&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
+        let url = DatabaseUrl::parse_arg("postgres://u:s3cret@db/x").unwrap();
+        assert!(!format!("{url} {url:?}").contains("s3cret"));
+        let err = DatabaseUrl::parse_arg("mysql://u:s3cret@db/x").unwrap_err();
+        assert!(!err.contains("s3cret"));
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Secret::parse_arg("tok-123").unwrap();
+        assert!(!format!("{s:?}").contains("tok-123"));
+        let b = BasicCredentials::parse_arg("ops:pw").unwrap();
+        assert!(!format!("{b:?}").contains("pw"));
+        assert!(BasicCredentials::parse_arg("nopassword").is_err());
+    }
+}

@@ -1,0 +1,229 @@
+//! The layer (configuration and shared state) and its builder.
+
+use std::fmt;
+use std::sync::Arc;
+
+use http::{HeaderName, Method};
+use prometheus_client::registry::{Registry, Unit};
+use tower::Layer;
+
+use super::exposition::{ActiveRequests, LatencyTargets, RequestDuration};
+use super::service::HttpMetrics;
+use super::sink::RequestSink;
+use super::store::{Buckets, RouteTable, method_index};
+use super::{DEFAULT_BUCKETS, DEFAULT_UNMATCHED_ROUTE};
+
+/// A tower layer recording `http_server_*` metrics for every request of the
+/// service it wraps; see the [module documentation](super).
+///
+/// Cloning is cheap (one reference count): create the layer once per
+/// registry and clone it wherever it is needed.
+#[derive(Clone)]
+pub struct HttpMetricsLayer {
+    shared: Arc<Shared>,
+}
+
+impl HttpMetricsLayer {
+    /// Registers the three metric families in `registry` with the default
+    /// buckets, latency targets and unmatched-route label.
+    pub fn new(registry: &mut Registry) -> Self {
+        Self::builder().register(registry)
+    }
+
+    /// Starts a configuration; finish it with [`HttpMetricsBuilder::register`].
+    pub fn builder() -> HttpMetricsBuilder {
+        HttpMetricsBuilder::default()
+    }
+}
+
+impl fmt::Debug for HttpMetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpMetricsLayer")
+            .field("buckets", &self.shared.buckets.bounds())
+            .field("latency_targets", &self.shared.targets)
+            .field("sink", &self.shared.sink.is_some())
+            .field("user_id_header", &self.shared.user_id_header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Layer<S> for HttpMetricsLayer {
+    type Service = HttpMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        HttpMetrics::new(inner, Arc::clone(&self.shared))
+    }
+}
+
+/// Configuration of an [`HttpMetricsLayer`], created by
+/// [`HttpMetricsLayer::builder`].
+#[derive(Clone)]
+pub struct HttpMetricsBuilder {
+    buckets: Vec<f64>,
+    targets: Option<Vec<LatencyTarget>>,
+    unmatched_route_label: &'static str,
+    sink: Option<Arc<dyn RequestSink>>,
+    user_id_header: Option<HeaderName>,
+}
+
+impl Default for HttpMetricsBuilder {
+    fn default() -> Self {
+        Self {
+            buckets: DEFAULT_BUCKETS.to_vec(),
+            targets: None,
+            unmatched_route_label: DEFAULT_UNMATCHED_ROUTE,
+            sink: None,
+            user_id_header: None,
+        }
+    }
+}
+
+impl fmt::Debug for HttpMetricsBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpMetricsBuilder")
+            .field("buckets", &self.buckets)
+            .field("latency_targets", &self.targets)
+            .field("unmatched_route_label", &self.unmatched_route_label)
+            .field("sink", &self.sink.is_some())
+            .field("user_id_header", &self.user_id_header)
+            .finish()
+    }
+}
+
+impl HttpMetricsBuilder {
+    /// Histogram bucket upper bounds in seconds (default [`DEFAULT_BUCKETS`]).
+    ///
+    /// Bounds are sorted and deduplicated; non-finite values are ignored
+    /// (`+Inf` is always present) and an empty list keeps the defaults.
+    pub fn buckets(mut self, bounds: impl IntoIterator<Item = f64>) -> Self {
+        self.buckets = bounds.into_iter().collect();
+        self
+    }
+
+    /// Adds one exported P95 latency target. The first call replaces the
+    /// defaults (POST /api/followups 0.5 s, PATCH /api/followups/{id} 0.2 s,
+    /// GET /api/followups/{id}/analytics 1 s).
+    ///
+    /// `route` is a route template as written in the router, e.g.
+    /// `/api/followups/{id}`.
+    pub fn latency_target(mut self, method: Method, route: &str, seconds: f64) -> Self {
+        self.targets
+            .get_or_insert_with(Vec::new)
+            .push(LatencyTarget {
+                method: method_index(&method),
+                route: Arc::from(route),
+                seconds,
+            });
+        self
+    }
+
+    /// Replaces all latency targets (an empty iterator exports none).
+    pub fn latency_targets<R: AsRef<str>>(
+        mut self,
+        targets: impl IntoIterator<Item = (Method, R, f64)>,
+    ) -> Self {
+        self.targets = Some(
+            targets
+                .into_iter()
+                .map(|(method, route, seconds)| LatencyTarget {
+                    method: method_index(&method),
+                    route: Arc::from(route.as_ref()),
+                    seconds,
+                })
+                .collect(),
+        );
+        self
+    }
+
+    /// The `http_route` value for requests without a matched route (404
+    /// fallback, `nest_service`); default [`DEFAULT_UNMATCHED_ROUTE`].
+    pub fn unmatched_route_label(mut self, label: &'static str) -> Self {
+        self.unmatched_route_label = label;
+        self
+    }
+
+    /// Feeds one [`RequestRecord`](super::RequestRecord) per request to `sink`.
+    pub fn request_sink(mut self, sink: Arc<dyn RequestSink>) -> Self {
+        self.sink = Some(sink);
+        self
+    }
+
+    /// Request header whose value becomes
+    /// [`RequestRecord::user_id`](super::RequestRecord::user_id); read only
+    /// when a sink is configured.
+    pub fn user_id_header(mut self, header: HeaderName) -> Self {
+        self.user_id_header = Some(header);
+        self
+    }
+
+    /// Registers `http_server_request_duration_seconds`,
+    /// `http_server_active_requests` and `http_server_latency_target_seconds`
+    /// in `registry` (no prefix is added) and returns the layer feeding them.
+    ///
+    /// Register once per registry; registering twice duplicates the families.
+    pub fn register(self, registry: &mut Registry) -> HttpMetricsLayer {
+        let targets = self.targets.unwrap_or_else(default_targets);
+        let shared = Arc::new(Shared {
+            buckets: Buckets::new(&self.buckets, &DEFAULT_BUCKETS),
+            routes: RouteTable::new(self.unmatched_route_label),
+            targets,
+            sink: self.sink,
+            user_id_header: self.user_id_header,
+        });
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Duration of HTTP server requests, from the middleware receiving the request \
+             to the response being complete, by method, route template and status code",
+            Unit::Seconds,
+            RequestDuration(Arc::clone(&shared)),
+        );
+        registry.register(
+            "http_server_active_requests",
+            "Number of HTTP server requests in flight, by method and route template",
+            ActiveRequests(Arc::clone(&shared)),
+        );
+        registry.register_with_unit(
+            "http_server_latency_target",
+            "Configured P95 latency target per endpoint",
+            Unit::Seconds,
+            LatencyTargets(Arc::clone(&shared)),
+        );
+        HttpMetricsLayer { shared }
+    }
+}
+
+fn default_targets() -> Vec<LatencyTarget> {
+    [
+        (Method::POST, "/api/followups", 0.5),
+        (Method::PATCH, "/api/followups/{id}", 0.2),
+        (Method::GET, "/api/followups/{id}/analytics", 1.0),
+    ]
+    .into_iter()
+    .map(|(method, route, seconds)| LatencyTarget {
+        method: method_index(&method),
+        route: Arc::from(route),
+        seconds,
+    })
+    .collect()
+}
+
+/// One exported latency target.
+#[derive(Clone, Debug)]
+pub(crate) struct LatencyTarget {
+    pub(crate) method: u8,
+    pub(crate) route: Arc<str>,
+    pub(crate) seconds: f64,
+}
+
+/// State shared by the layer, its services, their in-flight requests and the
+/// registered metric views. Aligned so that the `Arc` reference counts, which
+/// every request touches, sit on their own cache lines instead of the
+/// read-mostly fields below.
+#[repr(align(128))]
+pub(crate) struct Shared {
+    pub(crate) buckets: Buckets,
+    pub(crate) routes: RouteTable,
+    pub(crate) targets: Vec<LatencyTarget>,
+    pub(crate) sink: Option<Arc<dyn RequestSink>>,
+    pub(crate) user_id_header: Option<HeaderName>,
+}

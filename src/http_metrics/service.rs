@@ -1,0 +1,73 @@
+//! The middleware service.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::MatchedPath;
+use http::{Request, Response};
+use tower::Service;
+
+use super::future::ResponseFuture;
+use super::guard::RequestGuard;
+use super::layer::Shared;
+use super::sink::LogContext;
+use super::store::method_index;
+
+/// The service produced by [`HttpMetricsLayer`](super::HttpMetricsLayer):
+/// records each request it forwards to `S`.
+///
+/// Responses come back as `Response<axum::body::Body>`; an inner
+/// `axum::body::Body` is passed through without re-boxing.
+#[derive(Clone)]
+pub struct HttpMetrics<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> HttpMetrics<S> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
+        Self { inner, shared }
+    }
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for HttpMetrics<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpMetrics")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for HttpMetrics<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    ResBody::Error: Into<axum::BoxError>,
+{
+    type Response = Response<axum::body::Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let method = method_index(request.method());
+        // Set by axum's router before it calls a route's layers; absent for
+        // the fallback and for `nest_service`, which keeps raw paths out.
+        let template = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(MatchedPath::as_str);
+        let route = self.shared.routes.resolve(template);
+        let log = self
+            .shared
+            .sink
+            .as_ref()
+            .map(|_| LogContext::capture(&request, self.shared.user_id_header.as_ref()));
+        let guard = RequestGuard::start(Arc::clone(&self.shared), route, method, log);
+        ResponseFuture::new(self.inner.call(request), guard)
+    }
+}

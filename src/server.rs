@@ -1,0 +1,327 @@
+//! The exporter's HTTP server (DESIGN §5): `/metrics`, health endpoints,
+//! the landing page, the OKR report and the ingestion endpoints, with the
+//! background work (migrations, collection) it needs.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+use tokio::net::TcpListener;
+
+use crate::api_error::ApiError;
+use crate::collector::{self, CollectorMetrics, Scheduler, SnapshotStore};
+use crate::config::{Secret, Settings};
+use crate::exposition;
+use crate::{db, ingest, landing, report};
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// No database URL was configured.
+    #[error("no database configured: pass --database-url or set DATABASE_URL")]
+    NoDatabase,
+    /// The database URL could not be turned into a pool.
+    #[error(transparent)]
+    Db(#[from] db::DbError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: std::net::SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// The HTTP server failed.
+    #[error("HTTP server: {0}")]
+    Serve(std::io::Error),
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    revision: String,
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct AppState {
+    /// Metrics registry served on `/metrics`.
+    pub registry: Arc<Registry>,
+    /// Resolved settings.
+    pub settings: Arc<Settings>,
+    /// Primary pool (migrations, ingestion, rollups).
+    pub pool: PgPool,
+    /// Pool for the collector's reads (read replica when configured).
+    pub read_pool: PgPool,
+    /// Last collected OKR values.
+    pub store: Arc<SnapshotStore>,
+    /// True once migrations are applied.
+    pub migrated: Arc<AtomicBool>,
+}
+
+/// The exporter: state, router and background work, ready to run.
+pub struct Exporter {
+    state: AppState,
+    scheduler: Scheduler,
+}
+
+impl Exporter {
+    /// Builds the registry, pools (connecting lazily) and collectors.
+    pub fn new(settings: Settings) -> Result<Self, ServerError> {
+        let url = settings
+            .database_url
+            .clone()
+            .ok_or(ServerError::NoDatabase)?;
+        let pool = db::lazy_pool(&url, 8)?;
+        let read_pool = match &settings.database_read_url {
+            Some(read) => db::lazy_pool(read, 8)?,
+            None => pool.clone(),
+        };
+        let settings = Arc::new(settings);
+        let mut registry = Registry::default();
+        let build: Family<BuildLabels, Gauge> = Family::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                revision: option_env!("OKR_EXPORTER_REVISION")
+                    .unwrap_or("unknown")
+                    .to_owned(),
+            })
+            .set(1);
+        registry.register(
+            "okr_exporter_build_info",
+            "Build information of this okr-exporter; always 1.",
+            build,
+        );
+        let metrics = CollectorMetrics::register(&mut registry);
+        collector::register_targets(&mut registry, &settings.targets);
+        let store = Arc::new(SnapshotStore::default());
+        registry.register_collector(Box::new(Arc::clone(&store)));
+        let scheduler = Scheduler::new(
+            collector::all_collectors(),
+            read_pool.clone(),
+            pool.clone(),
+            Arc::clone(&settings),
+            Arc::clone(&store),
+            metrics,
+        );
+        let state = AppState {
+            registry: Arc::new(registry),
+            settings,
+            pool,
+            read_pool,
+            store,
+            migrated: Arc::new(AtomicBool::new(false)),
+        };
+        Ok(Self { state, scheduler })
+    }
+
+    /// The handlers' state.
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// The collector scheduler (tests run it once by hand).
+    pub fn scheduler(&self) -> &Scheduler {
+        &self.scheduler
+    }
+
+    /// The exporter's routes.
+    pub fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    /// Serves on `listener` until `shutdown` completes, with migrations and
+    /// collection running in the background. The database may be down at
+    /// start-up: `/metrics` answers at once and the rest catches up.
+    pub async fn run(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        if self.state.settings.ingest_token.is_none() {
+            tracing::warn!(
+                "no ingest token configured (--ingest-token / OKR_INGEST_TOKEN): \
+                 the ingestion endpoints answer 503 until one is set"
+            );
+        }
+        let bootstrap = tokio::spawn(bootstrap(self.state.clone()));
+        let collection = tokio::spawn(self.scheduler.clone().run());
+        let app = self.router();
+        let addr = listener.local_addr().ok();
+        tracing::info!(?addr, "serving /metrics");
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        bootstrap.abort();
+        collection.abort();
+        served.map_err(ServerError::Serve)
+    }
+}
+
+/// Binds `addr` with a clear error.
+pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })
+}
+
+/// Applies migrations (and source indexes when asked), retrying with
+/// backoff until the database is reachable.
+async fn bootstrap(state: AppState) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        match db::migrate(&state.pool).await {
+            Ok(()) => {
+                state.migrated.store(true, Ordering::Release);
+                tracing::info!("migrations applied");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "database not ready");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+    if state.settings.create_source_indexes
+        && let Err(e) = db::create_source_indexes(&state.pool).await
+    {
+        tracing::error!(error = %e, "creating source-table indexes failed");
+    }
+}
+
+/// The exporter's router over `state`.
+pub fn router(state: AppState) -> Router {
+    let read = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/", get(landing::page))
+        .route("/api/okr/report", get(report::report))
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_auth));
+    let ingest = ingest::routes(&state.settings);
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .merge(read)
+        .merge(ingest)
+        .with_state(state)
+}
+
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = exposition::negotiate(accept);
+    match exposition::encode(&state.registry, format) {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
+            .into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if !state.migrated.load(Ordering::Acquire) {
+        return ApiError::unavailable("migrations not applied yet").into_response();
+    }
+    let ping = tokio::time::timeout(
+        Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await;
+    match ping {
+        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
+        _ => ApiError::unavailable("database unreachable").into_response(),
+    }
+}
+
+/// Guards `/metrics`, `/` and the report when a token or basic credentials
+/// are configured.
+async fn read_auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let s = &state.settings;
+    if s.metrics_token.is_none() && s.metrics_basic_auth.is_none() {
+        return next.run(req).await;
+    }
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let ok = match auth {
+        Some(h) if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") => s
+            .metrics_token
+            .as_ref()
+            .is_some_and(|t| secret_eq(t, h[7..].trim())),
+        Some(h) if h.len() > 6 && h[..6].eq_ignore_ascii_case("basic ") => {
+            s.metrics_basic_auth.as_ref().is_some_and(|c| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(h[6..].trim())
+                    .ok()
+                    .and_then(|raw| String::from_utf8(raw).ok())
+                    .and_then(|pair| {
+                        pair.split_once(':').map(|(u, p)| {
+                            let user_ok = u.as_bytes().ct_eq(c.user.as_bytes());
+                            let pass_ok = p.as_bytes().ct_eq(c.password.expose().as_bytes());
+                            bool::from(user_ok & pass_ok)
+                        })
+                    })
+                    .unwrap_or(false)
+            })
+        }
+        _ => false,
+    };
+    if ok {
+        next.run(req).await
+    } else {
+        let mut resp = ApiError::unauthorized("missing or wrong credentials").into_response();
+        if s.metrics_basic_auth.is_some() {
+            resp.headers_mut().append(
+                header::WWW_AUTHENTICATE,
+                axum::http::HeaderValue::from_static("Basic realm=\"okr-exporter\""),
+            );
+        }
+        resp
+    }
+}
+
+/// Compares a presented token with the configured one in constant time.
+pub fn secret_eq(expected: &Secret, presented: &str) -> bool {
+    bool::from(expected.expose().as_bytes().ct_eq(presented.as_bytes()))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutting down");
+}

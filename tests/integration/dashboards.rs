@@ -1,0 +1,984 @@
+//! Static checks of the dashboards-as-code and of the container stack.
+//!
+//! Every `dashboards/*.json` must parse, give each panel a unique id, the
+//! `prometheus` data source and a description, query only metrics of the
+//! catalogue (DESIGN §4), compare against the exported `okr_target_*` series
+//! instead of repeating a target literal, and never turn an absent ratio into
+//! a zero. `docker-compose.yml` must mount files that exist, cover every
+//! provisioning file and publish ports on 127.0.0.1 only.
+//!
+//! [`dashboard_queries`] hands every panel query, with its Grafana variables
+//! replaced by concrete values, to tests that run them against a real
+//! Prometheus.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Metric names of the catalogue (DESIGN §4). Histograms are listed by their
+/// base name; `_bucket`, `_count` and `_sum` are stripped before the lookup.
+const CATALOGUE: &[&str] = &[
+    "okr_creation_time_seconds",
+    "okr_creation_time_within_target_ratio",
+    "okr_creation_time_samples",
+    "okr_draft_completion_ratio",
+    "okr_drafts",
+    "okr_engagement_ratio",
+    "okr_engaged_followups_ratio",
+    "okr_engagement_by_meeting_type_ratio",
+    "okr_engagement_by_creator_region_ratio",
+    "okr_engagement_by_company_ratio",
+    "okr_time_to_next_action_avg_seconds",
+    "okr_next_actions",
+    "okr_mobile_views_ratio",
+    "okr_views",
+    "okr_followups_created",
+    "okr_followups_published",
+    "okr_followups",
+    "okr_active_creators",
+    "okr_repeat_creators_ratio",
+    "okr_target_creation_time_p80_seconds",
+    "okr_target_draft_completion_ratio",
+    "okr_target_engagement_ratio",
+    "okr_target_mobile_views_ratio",
+    "okr_target_time_to_next_action_avg_seconds",
+    "okr_alert_floor_draft_completion_ratio",
+    "http_server_request_duration_seconds",
+    "http_server_active_requests",
+    "http_server_latency_target_seconds",
+    "okr_exporter_collection_duration_seconds",
+    "okr_exporter_collections_total",
+    "okr_exporter_collection_errors_total",
+    "okr_exporter_last_success_timestamp_seconds",
+    "okr_exporter_up",
+    "okr_exporter_build_info",
+];
+
+/// The exported targets and alert floor the OKR overview must compare against.
+const TARGET_SERIES: &[&str] = &[
+    "okr_target_creation_time_p80_seconds",
+    "okr_target_draft_completion_ratio",
+    "okr_target_engagement_ratio",
+    "okr_target_mobile_views_ratio",
+    "okr_target_time_to_next_action_avg_seconds",
+    "okr_alert_floor_draft_completion_ratio",
+];
+
+/// Default target values; a query must read them from the `okr_target_*`
+/// series, never repeat them as numbers.
+const TARGET_LITERALS: &[f64] = &[600.0, 0.8, 0.4, 0.75, 604_800.0];
+
+/// `le` label values the middleware writes (Prometheus 3 style, `1.0`).
+const LE_STRINGS: &[&str] = &[
+    "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.2", "0.25", "0.5", "0.75", "1.0", "2.5",
+    "5.0", "7.5", "10.0", "+Inf",
+];
+
+/// Grafana's own variables that need no template definition.
+const BUILTIN_VARIABLES: &[&str] = &["__rate_interval", "__interval", "__range"];
+
+/// Replacements used by [`dashboard_queries`], longest name first so that no
+/// name is replaced inside a longer one:
+///
+/// | variable | value | why |
+/// |---|---|---|
+/// | `$window` | `7d` | default of the window selector and a default exporter window |
+/// | `$__rate_interval` | `1m` | what Grafana computes for the 15 s scrape interval (4 × 15 s) |
+/// | `$__interval` | `1m` | a typical step for a few hours on screen |
+/// | `$__range` | `1h` | the API latency dashboard's default time range |
+/// | `$job`, `$route`, `$instance` | `.+` | multi-value variables used only with `=~`; "All" is `.+` |
+///
+/// `${name}` forms are replaced the same way.
+const SUBSTITUTIONS: &[(&str, &str)] = &[
+    ("__rate_interval", "1m"),
+    ("__interval", "1m"),
+    ("instance", ".+"),
+    ("__range", "1h"),
+    ("window", "7d"),
+    ("route", ".+"),
+    ("job", ".+"),
+];
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn dashboard_files() -> Vec<PathBuf> {
+    let dir = repo_root().join("dashboards");
+    let mut files: Vec<PathBuf> = fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("cannot list {}: {e}", dir.display()))
+        .map(|entry| entry.expect("directory entry").path())
+        .filter(|path| path.extension().is_some_and(|ext| ext == "json"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no dashboards/*.json found");
+    files
+}
+
+fn load_json(path: &Path) -> Value {
+    let text =
+        fs::read_to_string(path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid JSON: {e}", path.display()))
+}
+
+fn file_stem(path: &Path) -> String {
+    path.file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Every dashboard as (file stem, parsed JSON).
+fn dashboards() -> Vec<(String, Value)> {
+    dashboard_files()
+        .iter()
+        .map(|path| (file_stem(path), load_json(path)))
+        .collect()
+}
+
+/// All panels of a dashboard, including those nested in (collapsed) rows.
+fn all_panels(dashboard: &Value) -> Vec<&Value> {
+    fn walk<'a>(panels: &'a Value, out: &mut Vec<&'a Value>) {
+        if let Some(list) = panels.as_array() {
+            for panel in list {
+                out.push(panel);
+                walk(&panel["panels"], out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}
+
+fn is_row(panel: &Value) -> bool {
+    panel["type"].as_str() == Some("row")
+}
+
+fn title(panel: &Value) -> String {
+    panel["title"].as_str().unwrap_or("<untitled>").to_string()
+}
+
+/// Visible PromQL queries of a panel as (refId, expr).
+fn panel_exprs(panel: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(targets) = panel["targets"].as_array() {
+        for target in targets {
+            if target["hide"].as_bool() == Some(true) {
+                continue;
+            }
+            if let Some(expr) = target["expr"].as_str() {
+                let ref_id = target["refId"].as_str().unwrap_or("?").to_string();
+                out.push((ref_id, expr.to_string()));
+            }
+        }
+    }
+    out
+}
+
+/// Queries of the template variables (for example `label_values(...)`).
+fn variable_queries(dashboard: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Some(list) = dashboard["templating"]["list"].as_array() {
+        for var in list {
+            if var["type"].as_str() != Some("query") {
+                continue;
+            }
+            let name = var["name"].as_str().unwrap_or("?").to_string();
+            let query = match &var["query"] {
+                Value::String(s) => s.clone(),
+                Value::Object(o) => o
+                    .get("query")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+                _ => String::new(),
+            };
+            out.push((name, query));
+        }
+    }
+    out
+}
+
+fn variable_names(dashboard: &Value) -> BTreeSet<String> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|var| var["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Replaces the Grafana variables of a query by the values documented on
+/// [`SUBSTITUTIONS`].
+pub fn substitute_variables(expr: &str) -> String {
+    let mut out = expr.to_string();
+    for (name, value) in SUBSTITUTIONS {
+        out = out.replace(&format!("${{{name}}}"), value);
+        out = out.replace(&format!("${name}"), value);
+    }
+    out
+}
+
+/// Every visible panel query of every dashboard as
+/// (dashboard file stem, panel title, PromQL ready to run), with the Grafana
+/// variables replaced as documented on [`SUBSTITUTIONS`]. Hidden queries and
+/// template-variable queries are left out.
+pub fn dashboard_queries() -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for (name, dashboard) in dashboards() {
+        for panel in all_panels(&dashboard) {
+            for (_, expr) in panel_exprs(panel) {
+                out.push((name.clone(), title(panel), substitute_variables(&expr)));
+            }
+        }
+    }
+    out
+}
+
+/// The query with the contents of its string literals blanked out, so that
+/// label values such as `quantile="0.8"` are not mistaken for code.
+fn strip_strings(expr: &str) -> String {
+    let mut out = String::with_capacity(expr.len());
+    let mut quote: Option<char> = None;
+    let mut escaped = false;
+    for c in expr.chars() {
+        match quote {
+            Some(q) => {
+                if escaped {
+                    escaped = false;
+                    out.push(' ');
+                } else if c == '\\' && q != '`' {
+                    escaped = true;
+                    out.push(' ');
+                } else if c == q {
+                    quote = None;
+                    out.push(c);
+                } else {
+                    out.push(' ');
+                }
+            }
+            None => {
+                if c == '"' || c == '\'' || c == '`' {
+                    quote = Some(c);
+                }
+                out.push(c);
+            }
+        }
+    }
+    out
+}
+
+fn is_ident_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || c == ':'
+}
+
+fn is_ident_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == ':'
+}
+
+/// Identifiers outside strings, without Grafana variables (`$name`) and
+/// without duration suffixes such as the `m` of `5m`.
+fn identifiers(expr: &str) -> Vec<String> {
+    let chars: Vec<char> = strip_strings(expr).chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if c == '$' {
+            // A Grafana variable: `$name` or `${name}`.
+            i += 1;
+            if chars.get(i) == Some(&'{') {
+                while i < chars.len() && chars[i] != '}' {
+                    i += 1;
+                }
+                i += 1;
+            } else {
+                while i < chars.len() && is_ident_char(chars[i]) {
+                    i += 1;
+                }
+            }
+        } else if c.is_ascii_digit() || c == '.' {
+            // A number, with any unit suffix (`5m`, `1e3`).
+            i += 1;
+            while i < chars.len() && (is_ident_char(chars[i]) || chars[i] == '.') {
+                i += 1;
+            }
+        } else if is_ident_start(c) {
+            let start = i;
+            while i < chars.len() && is_ident_char(chars[i]) {
+                i += 1;
+            }
+            out.push(chars[start..i].iter().collect());
+        } else {
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Metric names referenced by a query: identifiers starting with `okr_` or
+/// `http_server_`, with a histogram suffix removed.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    identifiers(expr)
+        .into_iter()
+        .filter(|id| id.starts_with("okr_") || id.starts_with("http_server_"))
+        .map(|id| {
+            for suffix in ["_bucket", "_count", "_sum"] {
+                if let Some(base) = id.strip_suffix(suffix) {
+                    return base.to_string();
+                }
+            }
+            id
+        })
+        .collect()
+}
+
+/// Numeric literals of a query, outside strings; durations (`5m`, `1h`) and
+/// digits inside identifiers are not numbers.
+fn numeric_literals(expr: &str) -> Vec<f64> {
+    let chars: Vec<char> = strip_strings(expr).chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if is_ident_start(c) || c == '$' {
+            // An identifier or a variable, digits included (`okr_x2`, `$v1`).
+            i += 1;
+            while i < chars.len() && is_ident_char(chars[i]) {
+                i += 1;
+            }
+            continue;
+        }
+        let starts_number = c.is_ascii_digit()
+            || (c == '.' && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit()));
+        if !starts_number {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+            i += 1;
+        }
+        if i < chars.len() && (chars[i] == 'e' || chars[i] == 'E') {
+            let mut j = i + 1;
+            if j < chars.len() && (chars[j] == '+' || chars[j] == '-') {
+                j += 1;
+            }
+            if j < chars.len() && chars[j].is_ascii_digit() {
+                i = j;
+                while i < chars.len() && chars[i].is_ascii_digit() {
+                    i += 1;
+                }
+            }
+        }
+        let is_duration = i < chars.len() && chars[i].is_ascii_alphabetic();
+        let text: String = chars[start..i].iter().collect();
+        if is_duration {
+            while i < chars.len() && is_ident_char(chars[i]) {
+                i += 1;
+            }
+        } else if let Ok(value) = text.parse::<f64>() {
+            out.push(value);
+        }
+    }
+    out
+}
+
+/// Grafana variables (`$name` or `${name}`) referenced by a query.
+fn referenced_variables(expr: &str) -> BTreeSet<String> {
+    let chars: Vec<char> = expr.chars().collect();
+    let mut out = BTreeSet::new();
+    let mut i = 0;
+    while i < chars.len() {
+        if chars[i] != '$' {
+            i += 1;
+            continue;
+        }
+        i += 1;
+        let braced = chars.get(i) == Some(&'{');
+        if braced {
+            i += 1;
+        }
+        let start = i;
+        while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+            i += 1;
+        }
+        if i > start {
+            out.insert(chars[start..i].iter().collect());
+        }
+    }
+    out
+}
+
+/// `le` values used in label matchers such as `le="0.5"`.
+fn le_matcher_values(expr: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let bytes = expr.as_bytes();
+    let mut from = 0;
+    while let Some(pos) = expr[from..].find("le") {
+        let at = from + pos;
+        from = at + 2;
+        let before_ok = at == 0 || !is_ident_char(bytes[at - 1] as char);
+        let rest = expr[at + 2..].trim_start();
+        let rest = match rest.strip_prefix("!=").or_else(|| rest.strip_prefix('=')) {
+            Some(r) if !r.starts_with('~') => r.trim_start(),
+            _ => continue,
+        };
+        if !before_ok {
+            continue;
+        }
+        if let Some(value) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
+            out.push(value.to_string());
+        }
+    }
+    out
+}
+
+/// Whether (), [] and {} nest properly outside strings.
+fn brackets_balanced(expr: &str) -> bool {
+    let mut stack = Vec::new();
+    for c in strip_strings(expr).chars() {
+        let open = match c {
+            '(' | '[' | '{' => {
+                stack.push(c);
+                continue;
+            }
+            ')' => '(',
+            ']' => '[',
+            '}' => '{',
+            _ => continue,
+        };
+        if stack.pop() != Some(open) {
+            return false;
+        }
+    }
+    stack.is_empty()
+}
+
+fn datasource_uid(value: &Value) -> Option<&str> {
+    value["datasource"]["uid"].as_str()
+}
+
+#[test]
+fn dashboards_parse_and_have_distinct_uids() {
+    let mut uids = BTreeMap::new();
+    for (name, dashboard) in dashboards() {
+        let uid = dashboard["uid"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: no uid"));
+        assert!(
+            !uid.is_empty() && uid.len() <= 40,
+            "{name}: uid {uid:?} must be 1..=40 characters"
+        );
+        assert!(
+            dashboard["title"].as_str().is_some_and(|t| !t.is_empty()),
+            "{name}: no title"
+        );
+        let schema = dashboard["schemaVersion"].as_u64().unwrap_or(0);
+        assert!(
+            schema >= 39,
+            "{name}: schemaVersion {schema} is older than 39"
+        );
+        if let Some(other) = uids.insert(uid.to_string(), name.clone()) {
+            panic!("dashboards {other} and {name} share uid {uid}");
+        }
+    }
+}
+
+#[test]
+fn panel_ids_are_unique_and_panels_fit_the_grid() {
+    for (name, dashboard) in dashboards() {
+        let mut ids = BTreeSet::new();
+        for panel in all_panels(&dashboard) {
+            let id = panel["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{name}: panel {:?} has no numeric id", title(panel)));
+            assert!(ids.insert(id), "{name}: panel id {id} is used twice");
+            let x = panel["gridPos"]["x"].as_u64().unwrap_or(0);
+            let w = panel["gridPos"]["w"].as_u64().unwrap_or(0);
+            assert!(
+                w > 0 && x + w <= 24,
+                "{name}: panel {:?} does not fit the 24-column grid",
+                title(panel)
+            );
+        }
+    }
+}
+
+/// Rows only group panels: they carry no query, so they need neither a data
+/// source nor a description.
+#[test]
+fn every_panel_uses_the_prometheus_datasource_and_has_a_description() {
+    for (name, dashboard) in dashboards() {
+        for panel in all_panels(&dashboard).into_iter().filter(|p| !is_row(p)) {
+            let t = title(panel);
+            let description = panel["description"].as_str().unwrap_or("").trim();
+            assert!(
+                !description.is_empty(),
+                "{name}: panel {t:?} has no description"
+            );
+
+            let panel_uid = datasource_uid(panel);
+            let targets = panel["targets"].as_array().cloned().unwrap_or_default();
+            assert!(!targets.is_empty(), "{name}: panel {t:?} has no query");
+            if let Some(uid) = panel_uid {
+                assert_eq!(
+                    uid, "prometheus",
+                    "{name}: panel {t:?} uses data source {uid}"
+                );
+                assert_eq!(
+                    panel["datasource"]["type"].as_str(),
+                    Some("prometheus"),
+                    "{name}: panel {t:?}"
+                );
+            }
+            let mut ref_ids = BTreeSet::new();
+            for target in &targets {
+                let ref_id = target["refId"].as_str().unwrap_or("");
+                assert!(
+                    !ref_id.is_empty() && ref_ids.insert(ref_id.to_string()),
+                    "{name}: panel {t:?} has a missing or repeated refId {ref_id:?}"
+                );
+                // A query without its own data source inherits the panel's.
+                let uid = datasource_uid(target).or(panel_uid);
+                assert_eq!(
+                    uid,
+                    Some("prometheus"),
+                    "{name}: panel {t:?} query {ref_id} has no prometheus data source"
+                );
+                assert!(
+                    target["expr"]
+                        .as_str()
+                        .is_some_and(|e| !e.trim().is_empty()),
+                    "{name}: panel {t:?} query {ref_id} has no expr"
+                );
+            }
+        }
+        for var in dashboard["templating"]["list"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            if var["type"].as_str() == Some("query") {
+                assert_eq!(
+                    datasource_uid(&var),
+                    Some("prometheus"),
+                    "{name}: variable {:?} must query the prometheus data source",
+                    var["name"]
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn queries_reference_only_catalogue_metrics() {
+    let catalogue: BTreeSet<&str> = CATALOGUE.iter().copied().collect();
+    for (name, dashboard) in dashboards() {
+        let mut queries: Vec<(String, String)> = Vec::new();
+        for panel in all_panels(&dashboard) {
+            for (ref_id, expr) in panel_exprs(panel) {
+                queries.push((format!("panel {:?} query {ref_id}", title(panel)), expr));
+            }
+        }
+        for (var, query) in variable_queries(&dashboard) {
+            queries.push((format!("variable {var}"), query));
+        }
+        for (place, expr) in queries {
+            assert!(
+                brackets_balanced(&expr),
+                "{name}: {place}: unbalanced brackets in {expr}"
+            );
+            for metric in metric_names(&expr) {
+                assert!(
+                    catalogue.contains(metric.as_str()),
+                    "{name}: {place}: {metric} is not in the metric catalogue (DESIGN §4): {expr}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn queries_compare_against_target_series_not_literals() {
+    for (name, dashboard) in dashboards() {
+        for panel in all_panels(&dashboard) {
+            for (ref_id, expr) in panel_exprs(panel) {
+                for value in numeric_literals(&expr) {
+                    let is_target = TARGET_LITERALS
+                        .iter()
+                        .any(|t| (t - value).abs() <= 1e-9 * t.abs().max(1.0));
+                    assert!(
+                        !is_target,
+                        "{name}: panel {:?} query {ref_id} hard-codes the target value {value}; \
+                         read it from the okr_target_* series instead: {expr}",
+                        title(panel)
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn okr_overview_reads_every_target_series() {
+    let (_, overview) = dashboards()
+        .into_iter()
+        .find(|(name, _)| name == "okr-overview")
+        .expect("dashboards/okr-overview.json");
+    let used: BTreeSet<String> = all_panels(&overview)
+        .into_iter()
+        .flat_map(panel_exprs)
+        .flat_map(|(_, expr)| metric_names(&expr))
+        .collect();
+    for series in TARGET_SERIES {
+        assert!(
+            used.contains(*series),
+            "okr-overview never queries {series}"
+        );
+    }
+}
+
+#[test]
+fn okr_overview_has_the_window_selector() {
+    let (_, overview) = dashboards()
+        .into_iter()
+        .find(|(name, _)| name == "okr-overview")
+        .expect("dashboards/okr-overview.json");
+    let var = overview["templating"]["list"]
+        .as_array()
+        .and_then(|list| list.iter().find(|v| v["name"].as_str() == Some("window")))
+        .expect("okr-overview has a `window` variable");
+    assert_eq!(var["type"].as_str(), Some("custom"));
+    let options: Vec<&str> = var["query"]
+        .as_str()
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .collect();
+    assert_eq!(options, ["1d", "7d", "30d"]);
+    assert_eq!(var["current"]["value"].as_str(), Some("7d"));
+}
+
+/// Ratio and quantile series are absent when a window has no samples; a
+/// panel must then say "No data", not show a made-up zero.
+#[test]
+fn absent_series_are_not_turned_into_zeros() {
+    for (name, dashboard) in dashboards() {
+        for panel in all_panels(&dashboard) {
+            for (ref_id, expr) in panel_exprs(panel) {
+                let compact: String = strip_strings(&expr)
+                    .chars()
+                    .filter(|c| !c.is_whitespace())
+                    .collect();
+                for pattern in ["orvector(", "oron()vector(", "absent("] {
+                    assert!(
+                        !compact.contains(pattern),
+                        "{name}: panel {:?} query {ref_id} fills absent series ({pattern}): {expr}",
+                        title(panel)
+                    );
+                }
+            }
+            let no_value = panel["fieldConfig"]["defaults"]["noValue"]
+                .as_str()
+                .unwrap_or("");
+            assert!(
+                no_value.trim() != "0",
+                "{name}: panel {:?} shows 0 for no data",
+                title(panel)
+            );
+        }
+    }
+}
+
+#[test]
+fn le_matchers_use_the_exported_bucket_strings() {
+    for (_, _, expr) in dashboard_queries() {
+        for le in le_matcher_values(&expr) {
+            assert!(
+                LE_STRINGS.contains(&le.as_str()),
+                "le=\"{le}\" is not a bucket the middleware writes: {expr}"
+            );
+        }
+    }
+}
+
+#[test]
+fn query_variables_are_defined() {
+    for (name, dashboard) in dashboards() {
+        let defined = variable_names(&dashboard);
+        let mut texts: Vec<String> = all_panels(&dashboard)
+            .into_iter()
+            .flat_map(|p| {
+                let mut v: Vec<String> = panel_exprs(p).into_iter().map(|(_, e)| e).collect();
+                v.push(title(p));
+                if let Some(r) = p["repeat"].as_str() {
+                    v.push(format!("${r}"));
+                }
+                v
+            })
+            .collect();
+        texts.extend(variable_queries(&dashboard).into_iter().map(|(_, q)| q));
+        for text in texts {
+            for var in referenced_variables(&text) {
+                assert!(
+                    defined.contains(&var) || BUILTIN_VARIABLES.contains(&var.as_str()),
+                    "{name}: ${var} is used but not defined: {text}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dashboard_queries_are_concrete() {
+    let queries = dashboard_queries();
+    assert!(
+        queries.len() >= 20,
+        "expected the dashboards' queries, got {}",
+        queries.len()
+    );
+    for (dashboard, panel, expr) in &queries {
+        assert!(
+            !expr.contains('$'),
+            "{dashboard}: panel {panel:?} still has a variable: {expr}"
+        );
+    }
+    assert!(queries.iter().any(|(_, _, e)| e.contains("window=\"7d\"")));
+    assert!(queries.iter().any(|(_, _, e)| e.contains("[1m]")));
+}
+
+#[test]
+fn query_scanner_sees_metrics_and_numbers_only_outside_strings() {
+    let expr = r#"max(okr_creation_time_seconds{window="$window", quantile="0.8"}) and on() max(okr_target_creation_time_p80_seconds) / 86400"#;
+    let names: Vec<String> = metric_names(expr).into_iter().collect();
+    assert_eq!(
+        names,
+        [
+            "okr_creation_time_seconds",
+            "okr_target_creation_time_p80_seconds"
+        ]
+    );
+    assert_eq!(numeric_literals(expr), [86400.0]);
+
+    let expr = "histogram_quantile(0.95, sum by (le) (rate(http_server_request_duration_seconds_bucket[$__rate_interval]))) > 0.8 * 1e3";
+    assert_eq!(
+        metric_names(expr).into_iter().collect::<Vec<_>>(),
+        ["http_server_request_duration_seconds"]
+    );
+    assert_eq!(numeric_literals(expr), [0.95, 0.8, 1e3]);
+    assert_eq!(
+        numeric_literals("rate(x[5m]) offset 1h + okr_x2"),
+        Vec::<f64>::new()
+    );
+    assert_eq!(
+        le_matcher_values(r#"x_bucket{le="1.0", handle="a"}"#),
+        ["1.0"]
+    );
+    assert!(brackets_balanced(r#"sum(rate(x{a="(("}[1m]))"#));
+    assert!(!brackets_balanced("sum(rate(x[1m))"));
+    assert_eq!(
+        substitute_variables("x{job=~\"${job}\", w=\"$window\"}[$__rate_interval]"),
+        "x{job=~\".+\", w=\"7d\"}[1m]"
+    );
+}
+
+// ---------------------------------------------------------------- container stack
+
+fn compose_text() -> String {
+    let path = repo_root().join("docker-compose.yml");
+    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn unquote(item: &str) -> &str {
+    let item = item.trim();
+    item.strip_prefix('"')
+        .and_then(|s| s.strip_suffix('"'))
+        .or_else(|| item.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+        .unwrap_or(item)
+}
+
+/// The list items under every `key:` line of the compose file (short syntax).
+fn compose_list_items(text: &str, key: &str) -> Vec<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let header = format!("{key}:");
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        if line.trim() != header {
+            continue;
+        }
+        let base = indent_of(line);
+        for next in &lines[i + 1..] {
+            let trimmed = next.trim();
+            if trimmed.is_empty() || trimmed.starts_with('#') {
+                continue;
+            }
+            if indent_of(next) <= base && !trimmed.starts_with("- ") || indent_of(next) < base {
+                break;
+            }
+            match trimmed.strip_prefix("- ") {
+                Some(item) => out.push(unquote(item).to_string()),
+                None => break,
+            }
+        }
+    }
+    out
+}
+
+/// Host side of every bind mount (`./path:/container[:mode]`), normalised
+/// without the leading `./` and trailing `/`.
+fn compose_bind_mounts(text: &str) -> Vec<(String, String)> {
+    compose_list_items(text, "volumes")
+        .into_iter()
+        .filter(|item| item.starts_with("./"))
+        .map(|item| {
+            let mut parts = item.splitn(3, ':');
+            let host = parts
+                .next()
+                .unwrap_or("")
+                .trim_start_matches("./")
+                .trim_end_matches('/')
+                .to_string();
+            let container = parts.next().unwrap_or("").to_string();
+            (host, container)
+        })
+        .collect()
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn compose_mounts_existing_paths() {
+    let text = compose_text();
+    let mounts = compose_bind_mounts(&text);
+    assert!(
+        !mounts.is_empty(),
+        "docker-compose.yml mounts nothing from the repository"
+    );
+    for (host, container) in &mounts {
+        assert!(
+            repo_root().join(host).exists(),
+            "docker-compose.yml mounts ./{host}, which does not exist"
+        );
+        assert!(
+            container.starts_with('/'),
+            "mount of ./{host} has no absolute container path"
+        );
+    }
+    let expected = [
+        (
+            "provisioning/prometheus/prometheus.yml",
+            "/etc/prometheus/prometheus.yml",
+        ),
+        ("alerts", "/etc/prometheus/rules"),
+        (
+            "provisioning/alertmanager/alertmanager.yml",
+            "/etc/alertmanager/alertmanager.yml",
+        ),
+        (
+            "provisioning/grafana/datasources",
+            "/etc/grafana/provisioning/datasources",
+        ),
+        (
+            "provisioning/grafana/dashboards",
+            "/etc/grafana/provisioning/dashboards",
+        ),
+        ("dashboards", "/var/lib/grafana/dashboards"),
+    ];
+    for (host, container) in expected {
+        assert!(
+            mounts.iter().any(|(h, c)| h == host && c == container),
+            "docker-compose.yml must mount ./{host} at {container}"
+        );
+    }
+    assert!(
+        text.contains("dockerfile: Dockerfile") && repo_root().join("Dockerfile").is_file(),
+        "the okr-exporter service must be built from ./Dockerfile"
+    );
+}
+
+#[test]
+fn compose_mounts_every_provisioning_file() {
+    let text = compose_text();
+    let mounts: Vec<String> = compose_bind_mounts(&text)
+        .into_iter()
+        .map(|(host, _)| host)
+        .collect();
+    let root = repo_root();
+    let files = files_under(&root.join("provisioning"));
+    assert!(!files.is_empty(), "provisioning/ is empty");
+    for file in files {
+        let rel = file
+            .strip_prefix(&root)
+            .expect("under the repository")
+            .to_string_lossy()
+            .replace('\\', "/");
+        let covered = mounts
+            .iter()
+            .any(|m| rel == *m || rel.starts_with(&format!("{m}/")));
+        assert!(
+            covered,
+            "docker-compose.yml does not mount {rel} (directly or through its directory)"
+        );
+    }
+}
+
+#[test]
+fn compose_publishes_ports_on_loopback_only() {
+    let ports = compose_list_items(&compose_text(), "ports");
+    assert!(!ports.is_empty(), "docker-compose.yml publishes no port");
+    for port in ports {
+        assert!(
+            port.starts_with("127.0.0.1:"),
+            "port {port:?} must be bound to 127.0.0.1"
+        );
+    }
+}
+
+#[test]
+fn grafana_provisioning_matches_the_dashboards() {
+    let root = repo_root();
+    let datasources =
+        fs::read_to_string(root.join("provisioning/grafana/datasources/prometheus.yml"))
+            .expect("provisioning/grafana/datasources/prometheus.yml");
+    for needle in [
+        "uid: prometheus",
+        "type: prometheus",
+        "url: http://prometheus:9090",
+    ] {
+        assert!(
+            datasources.contains(needle),
+            "datasource provisioning lacks `{needle}`"
+        );
+    }
+    let providers = fs::read_to_string(root.join("provisioning/grafana/dashboards/dashboards.yml"))
+        .expect("provisioning/grafana/dashboards/dashboards.yml");
+    assert!(
+        providers.contains("type: file") && providers.contains("path: /var/lib/grafana/dashboards"),
+        "the dashboard provider must load /var/lib/grafana/dashboards from files"
+    );
+}

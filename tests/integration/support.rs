@@ -1,0 +1,184 @@
+//! Shared test support: a fresh database per test on one embedded cluster
+//! (or on `DATABASE_URL`'s server when set), and the exporter binary.
+
+use std::sync::OnceLock;
+
+use okr_exporter::config::DatabaseUrl;
+use okr_exporter::embedded_pg::EmbeddedPostgres;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// The embedded cluster shared by this test binary; its watchdog removes it
+/// when the binary exits.
+fn cluster() -> &'static Result<EmbeddedPostgres, String> {
+    static CLUSTER: OnceLock<Result<EmbeddedPostgres, String>> = OnceLock::new();
+    CLUSTER.get_or_init(|| EmbeddedPostgres::start().map_err(|e| e.to_string()))
+}
+
+/// URL of the server's maintenance database.
+fn admin_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return url;
+    }
+    match cluster() {
+        Ok(pg) => pg.url("postgres"),
+        Err(e) => panic!("cannot start embedded PostgreSQL: {e}"),
+    }
+}
+
+/// Replaces the database name at the end of a URL.
+fn with_database(url: &str, db: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let scheme_end = base.find("://").map_or(0, |i| i + 3);
+    let head = match base[scheme_end..].find('/') {
+        Some(i) => &base[..scheme_end + i],
+        None => base,
+    };
+    match query {
+        Some(q) => format!("{head}/{db}?{q}"),
+        None => format!("{head}/{db}"),
+    }
+}
+
+/// A database created for one test.
+pub struct TestDb {
+    /// Its URL.
+    pub url: String,
+    /// A pool on it.
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    /// The URL as the exporter takes it.
+    pub fn database_url(&self) -> DatabaseUrl {
+        DatabaseUrl::parse_arg(&self.url).expect("valid test URL")
+    }
+}
+
+/// Creates an empty database for the calling test.
+pub async fn fresh_db() -> TestDb {
+    let admin_url = admin_url();
+    let name = format!("okr_test_{}", uuid::Uuid::new_v4().simple());
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await
+        .expect("connect to the test server");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&admin)
+        .await
+        .expect("create test database");
+    admin.close().await;
+    let url = with_database(&admin_url, &name);
+    let pool = PgPoolOptions::new()
+        .max_connections(5)
+        .connect(&url)
+        .await
+        .expect("connect to the test database");
+    TestDb { url, pool }
+}
+
+/// A database with the fixture source schema and the exporter's migrations.
+pub async fn prepared_db() -> TestDb {
+    let db = fresh_db().await;
+    okr_exporter::db::apply_source_schema(&db.pool)
+        .await
+        .expect("source schema");
+    okr_exporter::db::migrate(&db.pool)
+        .await
+        .expect("migrations");
+    db
+}
+
+/// Path of the compiled `okr-exporter` binary.
+pub fn exporter_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_okr-exporter")
+}
+
+/// Polls `f` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: std::time::Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if f().await {
+            return true;
+        }
+        if tokio::time::Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// Which command to call for a tool CI installs from Debian's packages.
+pub fn require_tool(name: &str) -> String {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()));
+    assert!(
+        found,
+        "{name} is not installed: run the README's test command, which installs it \
+         (Debian package prometheus / prometheus-alertmanager)"
+    );
+    name.to_owned()
+}
+
+/// A running in-process exporter.
+pub struct RunningExporter {
+    /// Base URL, e.g. `http://127.0.0.1:12345`.
+    pub base: String,
+    /// The scheduler, to run collections by hand.
+    pub scheduler: okr_exporter::collector::Scheduler,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningExporter {
+    /// Stops the server gracefully and waits for it.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+    }
+
+    /// GET `path` and return (status, body).
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let resp = reqwest::get(format!("{}{path}", self.base))
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
+    }
+}
+
+/// Starts the exporter in-process on a free port with `settings`.
+pub async fn start_exporter(settings: okr_exporter::config::Settings) -> RunningExporter {
+    let exporter = okr_exporter::server::Exporter::new(settings).expect("exporter");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    let scheduler = exporter.scheduler().clone();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        let _ = exporter
+            .run(listener, async move {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    RunningExporter {
+        base,
+        scheduler,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
