@@ -42,7 +42,7 @@ pub use engagement::EngagementCollector;
 pub use inventory::InventoryCollector;
 pub use mobile::MobileCollector;
 pub use next_action::NextActionCollector;
-pub use rollups::{ROLLUP_LOCK_KEY, RollupCollector};
+pub use rollups::{ROLLUP_LOCK_KEY, RollupCollector, rollup_start};
 pub use snapshot::{Family, Sample, SnapshotStore};
 pub use targets::register_targets;
 

@@ -42,9 +42,10 @@ fn duration_series(
     status: &str,
     le: Option<&str>,
 ) -> String {
-    let le = le.map(|le| format!(",le=\"{le}\"")).unwrap_or_default();
+    // prometheus-client writes `le` before the family's labels.
+    let le = le.map(|le| format!("le=\"{le}\",")).unwrap_or_default();
     format!(
-        "http_server_request_duration_seconds_{suffix}{{http_request_method=\"{method}\",http_route=\"{route}\",http_response_status_code=\"{status}\"{le}}}"
+        "http_server_request_duration_seconds_{suffix}{{{le}http_request_method=\"{method}\",http_route=\"{route}\",http_response_status_code=\"{status}\"}}"
     )
 }
 
@@ -70,6 +71,13 @@ async fn send(app: &Router, method: Method, uri: &str) -> axum::response::Respon
     app.clone().oneshot(request).await.unwrap()
 }
 
+fn le_values(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter(|l| l.starts_with("http_server_request_duration_seconds_bucket{"))
+        .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
+        .collect()
+}
+
 #[tokio::test]
 async fn bucket_bounds_encode_as_exact_le_strings() {
     let mut registry = Registry::default();
@@ -78,26 +86,36 @@ async fn bucket_bounds_encode_as_exact_le_strings() {
         .layer(HttpMetricsLayer::new(&mut registry));
     send(&app, Method::GET, "/x").await;
 
+    // OpenMetrics, what Prometheus 2.x and 3.x ask for first: integer bounds
+    // keep their ".0", matching the `le` strings rules and dashboards use.
+    let text = encode_openmetrics(&registry);
     let expected_le = [
         "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.2", "0.25", "0.5", "0.75", "1.0",
         "2.5", "5.0", "7.5", "10.0", "+Inf",
     ];
-    for text in [encode_openmetrics(&registry), encode_prometheus(&registry)] {
-        let les: Vec<&str> = text
-            .lines()
-            .filter(|l| l.starts_with("http_server_request_duration_seconds_bucket{"))
-            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next())
-            .collect();
-        assert_eq!(les, expected_le, "{text}");
-        // A fast request lands in every cumulative bucket.
-        for le in expected_le {
-            let series = duration_series("bucket", "GET", "/x", "200", Some(le));
-            assert_eq!(sample(&text, &series), Some(1.0), "{series}");
-        }
-        assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
-        assert!(text.contains("# TYPE http_server_active_requests gauge"));
-        assert!(text.contains("# TYPE http_server_latency_target_seconds gauge"));
+    assert_eq!(le_values(&text), expected_le, "{text}");
+    // A fast request lands in every cumulative bucket.
+    for le in expected_le {
+        let series = duration_series("bucket", "GET", "/x", "200", Some(le));
+        assert_eq!(sample(&text, &series), Some(1.0), "{series}");
     }
+    assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
+    assert!(text.contains("# UNIT http_server_request_duration_seconds seconds"));
+    assert!(text.contains("# TYPE http_server_active_requests gauge"));
+    assert!(text.contains("# TYPE http_server_latency_target_seconds gauge"));
+
+    // Prometheus text 0.0.4 writes bounds the way client_golang does
+    // (Prometheus 3 normalises them back to "1.0" on ingestion).
+    let text = encode_prometheus(&registry);
+    assert_eq!(
+        le_values(&text),
+        [
+            "0.005", "0.01", "0.025", "0.05", "0.075", "0.1", "0.2", "0.25", "0.5", "0.75", "1",
+            "2.5", "5", "7.5", "10", "+Inf",
+        ],
+        "{text}"
+    );
+    assert!(text.contains("# TYPE http_server_request_duration_seconds histogram"));
 }
 
 #[tokio::test]

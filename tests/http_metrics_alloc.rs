@@ -1,0 +1,247 @@
+//! Heap allocations per request: once its series exists, the metrics layer
+//! allocates nothing beyond what axum allocates for any `Router::layer`.
+//!
+//! A separate test binary because it installs a counting global allocator.
+//! Counting is per thread, so the harness's other threads do not interfere.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::Router;
+use axum::body::Body;
+use axum::handler::Handler;
+use axum::http::{Request, Response};
+use axum::routing::get;
+use futures_util::FutureExt;
+use okr_exporter::http_metrics::{HttpMetricsLayer, RequestRecord, RequestSink};
+use prometheus_client::registry::Registry;
+use tower::{Layer, Service};
+
+struct CountingAllocator;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count_one() {
+    let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
+}
+
+// SAFETY: forwards every call unchanged to the system allocator.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count_one();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count_one();
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+/// A layer that does nothing: the baseline cost of `Router::layer`.
+#[derive(Clone)]
+struct PassThroughLayer;
+
+impl<S> Layer<S> for PassThroughLayer {
+    type Service = PassThrough<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PassThrough(inner)
+    }
+}
+
+#[derive(Clone)]
+struct PassThrough<S>(S);
+
+impl<S: Service<Request<Body>>> Service<Request<Body>> for PassThrough<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        self.0.call(request)
+    }
+}
+
+async fn handler() -> &'static str {
+    "ok"
+}
+
+const ROUTE: &str = "/api/followups/{id}";
+
+fn request() -> Request<Body> {
+    Request::get("/api/followups/42")
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Calls `router` synchronously (the handler never waits) and returns the
+/// response, dropping nothing early.
+fn call(router: &mut Router) -> Response<Body> {
+    Service::<Request<Body>>::call(router, request())
+        .now_or_never()
+        .expect("handler completes without waiting")
+        .unwrap_or_else(|never: Infallible| match never {})
+}
+
+/// Average allocations of one request (request building included), after a
+/// warm-up that creates every series.
+fn allocations_per_request(mut router: Router) -> f64 {
+    const N: u64 = 2_000;
+    for _ in 0..100 {
+        assert_eq!(call(&mut router).status(), 200);
+    }
+    let before = allocations();
+    for _ in 0..N {
+        drop(call(&mut router));
+    }
+    (allocations() - before) as f64 / N as f64
+}
+
+/// What `axum::serve` does per connection: turn handlers into routes once.
+fn prepared(router: Router) -> Router {
+    router.with_state(())
+}
+
+#[test]
+fn metrics_layer_allocates_nothing_beyond_an_empty_layer() {
+    let bare = allocations_per_request(prepared(Router::new().route(ROUTE, get(handler))));
+    let empty = allocations_per_request(prepared(
+        Router::new()
+            .route(ROUTE, get(handler))
+            .layer(PassThroughLayer),
+    ));
+    let mut registry = Registry::default();
+    let ours = allocations_per_request(prepared(
+        Router::new()
+            .route(ROUTE, get(handler))
+            .layer(HttpMetricsLayer::new(&mut registry)),
+    ));
+    assert!(empty >= bare, "bare {bare}, empty layer {empty}");
+    assert_eq!(
+        ours, empty,
+        "bare {bare}, empty layer {empty}, metrics {ours}"
+    );
+}
+
+/// A pass-through layer that carries state, as any useful layer does.
+#[derive(Clone)]
+struct StatefulPassThroughLayer(#[allow(dead_code)] Arc<()>);
+
+impl<S> Layer<S> for StatefulPassThroughLayer {
+    type Service = PassThrough<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        PassThrough(inner)
+    }
+}
+
+/// `handler.layer(..)` avoids `Router::layer`'s extra boxing. axum still
+/// clones the handler into a fresh box per request, which is free only for a
+/// zero-sized handler; any layer with state costs that one allocation.
+#[test]
+fn metrics_on_the_handler_allocate_nothing_beyond_a_stateful_handler_layer() {
+    let bare = allocations_per_request(prepared(Router::new().route(ROUTE, get(handler))));
+    let stateful = StatefulPassThroughLayer(Arc::new(()));
+    let empty = allocations_per_request(prepared(
+        Router::new().route(ROUTE, get(handler.layer(stateful))),
+    ));
+    let mut registry = Registry::default();
+    let layer = HttpMetricsLayer::new(&mut registry);
+    let ours = allocations_per_request(prepared(
+        Router::new().route(ROUTE, get(handler.layer(layer))),
+    ));
+    assert_eq!(
+        empty,
+        bare + 1.0,
+        "bare {bare}, stateful handler layer {empty}"
+    );
+    assert_eq!(
+        ours, empty,
+        "bare {bare}, stateful handler layer {empty}, metrics {ours}"
+    );
+}
+
+#[test]
+fn unmatched_requests_allocate_nothing_beyond_an_empty_layer() {
+    fn not_found(router: Router) -> f64 {
+        let mut router = prepared(router);
+        let mut call = || {
+            Service::<Request<Body>>::call(
+                &mut router,
+                Request::get("/wp-login.php").body(Body::empty()).unwrap(),
+            )
+            .now_or_never()
+            .expect("fallback completes without waiting")
+            .unwrap_or_else(|never: Infallible| match never {})
+        };
+        for _ in 0..100 {
+            assert_eq!(call().status(), 404);
+        }
+        let before = allocations();
+        for _ in 0..1_000 {
+            drop(call());
+        }
+        (allocations() - before) as f64 / 1_000.0
+    }
+    let empty = not_found(
+        Router::new()
+            .route(ROUTE, get(handler))
+            .layer(PassThroughLayer),
+    );
+    let mut registry = Registry::default();
+    let ours = not_found(
+        Router::new()
+            .route(ROUTE, get(handler))
+            .layer(HttpMetricsLayer::new(&mut registry)),
+    );
+    assert_eq!(ours, empty);
+}
+
+struct DiscardingSink;
+
+impl RequestSink for DiscardingSink {
+    fn record(&self, _: &RequestRecord) {}
+}
+
+#[test]
+fn a_sink_without_user_id_costs_no_allocation_either() {
+    let empty = allocations_per_request(prepared(
+        Router::new()
+            .route(ROUTE, get(handler))
+            .layer(PassThroughLayer),
+    ));
+    let mut registry = Registry::default();
+    let layer = HttpMetricsLayer::builder()
+        .request_sink(Arc::new(DiscardingSink))
+        .register(&mut registry);
+    let ours = allocations_per_request(prepared(
+        Router::new().route(ROUTE, get(handler)).layer(layer),
+    ));
+    assert_eq!(ours, empty);
+}
