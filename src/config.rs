@@ -573,6 +573,14 @@ impl CommonArgs {
         validate_targets(&file.targets)?;
         if let Some(lt) = &file.latency_targets {
             for t in lt {
+                let method_ok = http::Method::from_bytes(t.method.as_bytes()).is_ok()
+                    && t.method.chars().all(|c| c.is_ascii_uppercase());
+                if !method_ok || !t.route.starts_with('/') {
+                    return Err(ConfigError::Invalid(format!(
+                        "latency target: '{} {}' needs an upper-case HTTP method and a route starting with /",
+                        t.method, t.route
+                    )));
+                }
                 if !(t.p95_seconds.is_finite() && t.p95_seconds > 0.0) {
                     return Err(ConfigError::Invalid(format!(
                         "latency target for {} {} must be a positive number of seconds",

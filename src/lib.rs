@@ -18,4 +18,5 @@ pub mod http_metrics;
 pub mod ingest;
 pub mod landing;
 pub mod report;
+pub mod request_log;
 pub mod server;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -26,6 +26,8 @@ use crate::api_error::ApiError;
 use crate::collector::{self, CollectorMetrics, Scheduler, SnapshotStore};
 use crate::config::{Secret, Settings};
 use crate::exposition;
+use crate::http_metrics::HttpMetricsLayer;
+use crate::request_log::{self, RequestLogOptions, RequestLogWriter};
 use crate::{db, ingest, landing, report};
 
 /// Why the server could not start or stopped with an error.
@@ -45,6 +47,9 @@ pub enum ServerError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The request log needs a Tokio runtime.
+    #[error("the request log must be started within a Tokio runtime")]
+    NoRuntime,
     /// The HTTP server failed.
     #[error("HTTP server: {0}")]
     Serve(std::io::Error),
@@ -77,10 +82,14 @@ pub struct AppState {
 pub struct Exporter {
     state: AppState,
     scheduler: Scheduler,
+    http_metrics: HttpMetricsLayer,
+    request_log: Option<RequestLogWriter>,
 }
 
 impl Exporter {
-    /// Builds the registry, pools (connecting lazily) and collectors.
+    /// Builds the registry, pools (connecting lazily), collectors and the
+    /// request-latency middleware of the exporter's own routes. Must be
+    /// called within a Tokio runtime when the request log is enabled.
     pub fn new(settings: Settings) -> Result<Self, ServerError> {
         let url = settings
             .database_url
@@ -111,6 +120,7 @@ impl Exporter {
         collector::register_targets(&mut registry, &settings.targets);
         let store = Arc::new(SnapshotStore::default());
         registry.register_collector(Box::new(Arc::clone(&store)));
+        let (http_metrics, request_log) = instrument(&settings, &pool, &mut registry)?;
         let scheduler = Scheduler::new(
             collector::all_collectors(),
             read_pool.clone(),
@@ -127,7 +137,12 @@ impl Exporter {
             store,
             migrated: Arc::new(AtomicBool::new(false)),
         };
-        Ok(Self { state, scheduler })
+        Ok(Self {
+            state,
+            scheduler,
+            http_metrics,
+            request_log,
+        })
     }
 
     /// The handlers' state.
@@ -140,9 +155,9 @@ impl Exporter {
         &self.scheduler
     }
 
-    /// The exporter's routes.
+    /// The exporter's routes, instrumented with the latency middleware.
     pub fn router(&self) -> Router {
-        router(self.state.clone())
+        router(self.state.clone()).layer(self.http_metrics.clone())
     }
 
     /// Serves on `listener` until `shutdown` completes, with migrations and
@@ -169,8 +184,48 @@ impl Exporter {
             .await;
         bootstrap.abort();
         collection.abort();
+        if let Some(writer) = self.request_log {
+            writer.shutdown().await;
+        }
         served.map_err(ServerError::Serve)
     }
+}
+
+/// Builds the latency middleware from the settings, with the request log as
+/// its sink when enabled.
+pub fn instrument(
+    settings: &Settings,
+    pool: &PgPool,
+    registry: &mut Registry,
+) -> Result<(HttpMetricsLayer, Option<RequestLogWriter>), ServerError> {
+    let mut builder = HttpMetricsLayer::builder();
+    if let Some(b) = &settings.latency_buckets {
+        builder = builder.buckets(b.iter().copied());
+    }
+    if let Some(targets) = &settings.latency_targets {
+        builder = builder.latency_targets(targets.iter().filter_map(|t| {
+            Method::from_bytes(t.method.as_bytes())
+                .ok()
+                .map(|m| (m, t.route.clone(), t.p95_seconds))
+        }));
+    }
+    let mut writer = None;
+    if settings.request_log {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(ServerError::NoRuntime);
+        }
+        let options = RequestLogOptions {
+            retention: settings.request_log_retention,
+            ..RequestLogOptions::default()
+        };
+        let (sink, w) = request_log::start(pool.clone(), registry, options);
+        builder = builder.request_sink(sink);
+        if let Ok(h) = HeaderName::from_bytes(settings.request_log_user_header.as_bytes()) {
+            builder = builder.user_id_header(h);
+        }
+        writer = Some(w);
+    }
+    Ok((builder.register(registry), writer))
 }
 
 /// Binds `addr` with a clear error.

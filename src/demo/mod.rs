@@ -1,9 +1,32 @@
 //! `okr-exporter demo`: the whole product on a private PostgreSQL.
+//!
+//! Starts an embedded PostgreSQL (unless `--database-url` is given), loads
+//! the fixture source schema and the exporter's migrations, backfills
+//! deterministic history ([`backfill`]), runs the instrumented reference
+//! Follow-Up API ([`api`]) with a traffic simulator against it
+//! ([`traffic`]), and serves the exporter until SIGINT/SIGTERM.
+
+pub mod api;
+pub mod backfill;
+pub mod profile;
+pub mod traffic;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::{DatabaseUrl, DemoArgs, Settings};
 use crate::db;
 use crate::embedded_pg::{EmbeddedPgError, EmbeddedPostgres};
 use crate::server::{self, Exporter, ServerError};
+
+/// Highest accepted `--rps`.
+const MAX_RPS: f64 = 1_000.0;
+
+/// How long the API and the traffic get to finish after the exporter stops.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// Why the demo stopped.
 #[derive(Debug, thiserror::Error)]
@@ -17,10 +40,26 @@ pub enum DemoError {
     /// The exporter failed.
     #[error(transparent)]
     Server(#[from] ServerError),
+    /// The reference API's address could not be bound.
+    #[error(
+        "cannot start the demo's Follow-Up API on {addr}: {source} (choose another address with --api-listen)"
+    )]
+    ApiBind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+    /// `--rps` is out of range.
+    #[error("--rps must be between 0 and {MAX_RPS} requests per second, got {0}")]
+    InvalidRps(f64),
 }
 
 /// Runs the demo until SIGINT/SIGTERM.
 pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError> {
+    if !(args.rps.is_finite() && (0.0..=MAX_RPS).contains(&args.rps)) {
+        return Err(DemoError::InvalidRps(args.rps));
+    }
     // Held until the end of the demo: dropping it stops the cluster.
     let mut _embedded = None;
     if settings.database_url.is_none() {
@@ -36,12 +75,139 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         .database_url
         .clone()
         .ok_or(ServerError::NoDatabase)?;
-    let pool = db::lazy_pool(&url, 4)?;
+    let pool = db::lazy_pool(&url, 8)?;
     db::apply_source_schema(&pool).await?;
     db::migrate(&pool).await?;
-    let _ = args;
+
+    // Both ports are bound before any slow work, so a taken port fails at once.
     let listener = server::bind(settings.listen).await?;
+    let api_listener =
+        TcpListener::bind(args.api_listen)
+            .await
+            .map_err(|source| DemoError::ApiBind {
+                addr: args.api_listen,
+                source,
+            })?;
+    let exporter_addr = listener.local_addr().unwrap_or(settings.listen);
+    let api_addr = api_listener.local_addr().unwrap_or(args.api_listen);
+
+    let started = std::time::Instant::now();
+    let summary = backfill::backfill(
+        &pool,
+        args.seed,
+        args.days,
+        args.followups_per_day,
+        chrono::Utc::now(),
+    )
+    .await?;
+    if summary.skipped {
+        tracing::info!("the database already holds follow-ups: history not backfilled");
+    } else {
+        tracing::info!(
+            days = args.days,
+            seed = args.seed,
+            followups = summary.followups,
+            published = summary.published,
+            deleted = summary.deleted,
+            sessions = summary.sessions,
+            creation_times = summary.creation_times,
+            next_actions = summary.next_actions,
+            elapsed = ?started.elapsed(),
+            "history backfilled"
+        );
+    }
+    if _embedded.is_some()
+        && let Err(e) = db::create_source_indexes(&pool).await
+    {
+        tracing::warn!(error = %e, "creating the source-table indexes failed");
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let api_task = tokio::spawn({
+        let pool = pool.clone();
+        let stop = stopped(stop_rx.clone());
+        async move {
+            if let Err(e) = api::serve_api(api_listener, pool, stop).await {
+                tracing::error!(error = %e, "the demo's Follow-Up API stopped");
+            }
+        }
+    });
+    let traffic_task = if args.rps > 0.0 {
+        let known = traffic::recent_published(&pool, 500)
+            .await
+            .unwrap_or_default();
+        let config = traffic::TrafficConfig {
+            base_url: format!("http://{}", reachable(api_addr)),
+            rps: args.rps,
+            seed: args.seed,
+            known,
+        };
+        tracing::info!(
+            rps = args.rps,
+            "traffic simulator sending requests to the API"
+        );
+        Some(tokio::spawn(traffic::run_traffic(
+            config,
+            stopped(stop_rx.clone()),
+        )))
+    } else {
+        tracing::info!("traffic simulator disabled (--rps 0)");
+        None
+    };
+
+    tracing::info!(
+        "exporter on http://{exporter_addr}/ — API on http://{api_addr} (its metrics on http://{api_addr}/metrics)"
+    );
     let exporter = Exporter::new(settings)?;
-    exporter.run(listener, server::shutdown_signal()).await?;
+    // The signal stops the exporter and, through the watch channel, the API
+    // and the traffic; if the exporter fails, dropping the sender stops them.
+    let result = exporter
+        .run(listener, async move {
+            server::shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        })
+        .await;
+    let _ = tokio::time::timeout(STOP_GRACE, async {
+        if let Some(t) = traffic_task {
+            let _ = t.await;
+        }
+        let _ = api_task.await;
+    })
+    .await;
+    result?;
     Ok(())
+}
+
+/// Completes when the demo stops (the flag is set or its sender is gone).
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// An address a local client can connect to: the loopback address when the
+/// server listens on all interfaces.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv4Addr::LOCALHOST.into(), addr.port())
+        }
+        IpAddr::V6(ip) if ip.is_unspecified() => {
+            SocketAddr::new(Ipv6Addr::LOCALHOST.into(), addr.port())
+        }
+        _ => addr,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_listeners_are_reached_on_loopback() {
+        let any: SocketAddr = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(reachable(any), "127.0.0.1:8080".parse().unwrap());
+        let any6: SocketAddr = "[::]:8080".parse().unwrap();
+        assert_eq!(reachable(any6), "[::1]:8080".parse().unwrap());
+        let local: SocketAddr = "10.1.2.3:9".parse().unwrap();
+        assert_eq!(reachable(local), local);
+    }
 }

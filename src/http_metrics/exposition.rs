@@ -8,7 +8,7 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::MetricType;
 
-use super::layer::Shared;
+use super::layer::State;
 use super::store::{METHOD_COUNT, METHOD_LABELS};
 
 /// Label set of all three families; the status is absent for the gauges.
@@ -37,7 +37,7 @@ fn method_label(method: u8) -> &'static str {
 }
 
 /// `http_server_request_duration_seconds`.
-pub(crate) struct RequestDuration(pub(crate) Arc<Shared>);
+pub(crate) struct RequestDuration(pub(crate) &'static State);
 
 impl EncodeMetric for RequestDuration {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
@@ -46,7 +46,7 @@ impl EncodeMetric for RequestDuration {
         let mut series = Vec::new();
         for route in self.0.routes.iter() {
             route.for_each_series(|method, status, counters| {
-                let counts: Vec<u64> = counters.bucket_counts(bucket_count).collect();
+                let counts = counters.bucket_counts(bucket_count);
                 series.push((
                     Arc::clone(route.label()),
                     method,
@@ -87,7 +87,7 @@ impl fmt::Debug for RequestDuration {
 
 /// `http_server_active_requests`: started minus finished, per method and
 /// route that has seen a request.
-pub(crate) struct ActiveRequests(pub(crate) Arc<Shared>);
+pub(crate) struct ActiveRequests(pub(crate) &'static State);
 
 impl EncodeMetric for ActiveRequests {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
@@ -99,7 +99,7 @@ impl EncodeMetric for ActiveRequests {
             let mut finished = [0u64; METHOD_COUNT];
             route.for_each_series(|method, _, counters| {
                 if let Some(total) = finished.get_mut(usize::from(method)) {
-                    *total += counters.bucket_counts(bucket_count).sum::<u64>();
+                    *total += counters.bucket_counts(bucket_count).iter().sum::<u64>();
                 }
             });
             for (method, finished) in finished.iter().enumerate() {
@@ -135,7 +135,7 @@ impl fmt::Debug for ActiveRequests {
 }
 
 /// `http_server_latency_target_seconds`, from configuration.
-pub(crate) struct LatencyTargets(pub(crate) Arc<Shared>);
+pub(crate) struct LatencyTargets(pub(crate) &'static State);
 
 impl EncodeMetric for LatencyTargets {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {

@@ -1,44 +1,51 @@
 //! The per-request guard that records exactly once, when it is dropped.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::Duration;
 
-use super::layer::Shared;
-use super::sink::{LogContext, RequestRecord};
-use super::store::RouteId;
+use super::layer::State;
+use super::sink::{LogContext, RequestRecord, RequestSink};
+use super::store::{RouteSeries, thread_shard};
 use super::{STATUS_CLIENT_CLOSED_REQUEST, STATUS_INTERNAL_ERROR};
 
 /// Status value meaning "no response yet".
 const NO_RESPONSE: u16 = 0;
 
+/// What a request keeps for the request log; only built when a sink is set.
+pub(crate) struct RequestLog {
+    pub(crate) sink: Arc<dyn RequestSink>,
+    pub(crate) context: LogContext,
+}
+
 /// Lives in the response future, then in the response body when the body
 /// streams. Whoever drops it last (response ready, body finished, client gone)
 /// records the request, so every started request is observed exactly once.
 pub(crate) struct RequestGuard {
-    shared: Arc<Shared>,
-    route: RouteId,
+    state: &'static State,
+    route: &'static RouteSeries,
     method: u8,
     status: u16,
-    start: Instant,
-    log: Option<LogContext>,
+    /// Raw clock reading, see [`State::clock`].
+    start: u64,
+    log: Option<RequestLog>,
 }
 
 impl RequestGuard {
     /// Counts the request as started and starts its clock.
     #[inline]
     pub(crate) fn start(
-        shared: Arc<Shared>,
-        route: RouteId,
+        state: &'static State,
+        route: &'static RouteSeries,
         method: u8,
-        log: Option<LogContext>,
+        log: Option<RequestLog>,
     ) -> Self {
-        shared.routes.get(route).start(method);
+        route.start(thread_shard(), method);
         Self {
-            shared,
+            state,
             route,
             method,
             status: NO_RESPONSE,
-            start: Instant::now(),
+            start: state.clock.raw(),
             log,
         }
     }
@@ -52,23 +59,23 @@ impl RequestGuard {
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        let duration = self.start.elapsed();
+        let clock = &self.state.clock;
+        let nanos = clock.delta_as_nanos(self.start, clock.raw());
         let status = match self.status {
             NO_RESPONSE if std::thread::panicking() => STATUS_INTERNAL_ERROR,
             NO_RESPONSE => STATUS_CLIENT_CLOSED_REQUEST,
             status => status,
         };
-        let nanos = u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX);
-        let route = self.shared.routes.get(self.route);
-        route.observe(&self.shared.buckets, self.method, status, nanos);
-        if let (Some(sink), Some(log)) = (&self.shared.sink, self.log.take()) {
-            sink.record(&RequestRecord {
-                route: Arc::clone(route.label()),
-                method: log.method,
+        self.route
+            .observe(&self.state.buckets, self.method, status, nanos);
+        if let Some(log) = self.log.take() {
+            log.sink.record(&RequestRecord {
+                route: Arc::clone(self.route.label()),
+                method: log.context.method,
                 status,
-                duration,
-                started_at: log.started_at,
-                user_id: log.user_id,
+                duration: Duration::from_nanos(nanos),
+                started_at: log.context.started_at,
+                user_id: log.context.user_id,
             });
         }
     }

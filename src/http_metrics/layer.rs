@@ -10,17 +10,19 @@ use tower::Layer;
 use super::exposition::{ActiveRequests, LatencyTargets, RequestDuration};
 use super::service::HttpMetrics;
 use super::sink::RequestSink;
-use super::store::{Buckets, RouteTable, method_index};
+use super::store::{Buckets, RouteTable, method_index, shard_count};
 use super::{DEFAULT_BUCKETS, DEFAULT_UNMATCHED_ROUTE};
 
 /// A tower layer recording `http_server_*` metrics for every request of the
 /// service it wraps; see the [module documentation](super).
 ///
-/// Cloning is cheap (one reference count): create the layer once per
-/// registry and clone it wherever it is needed.
+/// Cloning is cheap (a pointer copy): create the layer once per registry, at
+/// start-up, and clone it wherever it is needed. Its counters live as long as
+/// the process, like the registry they are exported through.
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
-    shared: Arc<Shared>,
+    state: &'static State,
+    sink: Option<Arc<dyn RequestSink>>,
 }
 
 impl HttpMetricsLayer {
@@ -39,10 +41,10 @@ impl HttpMetricsLayer {
 impl fmt::Debug for HttpMetricsLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpMetricsLayer")
-            .field("buckets", &self.shared.buckets.bounds())
-            .field("latency_targets", &self.shared.targets)
-            .field("sink", &self.shared.sink.is_some())
-            .field("user_id_header", &self.shared.user_id_header)
+            .field("buckets", &self.state.buckets.bounds())
+            .field("latency_targets", &self.state.targets)
+            .field("sink", &self.sink.is_some())
+            .field("user_id_header", &self.state.user_id_header)
             .finish_non_exhaustive()
     }
 }
@@ -51,7 +53,7 @@ impl<S> Layer<S> for HttpMetricsLayer {
     type Service = HttpMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics::new(inner, Arc::clone(&self.shared))
+        HttpMetrics::new(inner, self.state, self.sink.clone())
     }
 }
 
@@ -163,32 +165,43 @@ impl HttpMetricsBuilder {
     /// Register once per registry; registering twice duplicates the families.
     pub fn register(self, registry: &mut Registry) -> HttpMetricsLayer {
         let targets = self.targets.unwrap_or_else(default_targets);
-        let shared = Arc::new(Shared {
+        let shards = shard_count();
+        // Leaked on purpose: requests, services and the registry all hold a
+        // plain `&'static` instead of an `Arc`, because axum clones the
+        // service for every request and a shared reference count costs a
+        // cache-line transfer between cores per clone (see `BENCHMARKS.md`,
+        // two threads on one route). One allocation per `register` call,
+        // normally once per process.
+        let state: &'static State = Box::leak(Box::new(State {
             buckets: Buckets::new(&self.buckets, &DEFAULT_BUCKETS),
-            routes: RouteTable::new(self.unmatched_route_label),
+            routes: RouteTable::new(self.unmatched_route_label, shards),
             targets,
-            sink: self.sink,
             user_id_header: self.user_id_header,
-        });
+            // Calibrates the TSC once, here rather than on the first request.
+            clock: quanta::Clock::new(),
+        }));
         registry.register_with_unit(
             "http_server_request_duration",
             "Duration of HTTP server requests, from the middleware receiving the request \
              to the response being complete, by method, route template and status code",
             Unit::Seconds,
-            RequestDuration(Arc::clone(&shared)),
+            RequestDuration(state),
         );
         registry.register(
             "http_server_active_requests",
             "Number of HTTP server requests in flight, by method and route template",
-            ActiveRequests(Arc::clone(&shared)),
+            ActiveRequests(state),
         );
         registry.register_with_unit(
             "http_server_latency_target",
             "Configured P95 latency target per endpoint",
             Unit::Seconds,
-            LatencyTargets(Arc::clone(&shared)),
+            LatencyTargets(state),
         );
-        HttpMetricsLayer { shared }
+        HttpMetricsLayer {
+            state,
+            sink: self.sink,
+        }
     }
 }
 
@@ -216,14 +229,14 @@ pub(crate) struct LatencyTarget {
 }
 
 /// State shared by the layer, its services, their in-flight requests and the
-/// registered metric views. Aligned so that the `Arc` reference counts, which
-/// every request touches, sit on their own cache lines instead of the
-/// read-mostly fields below.
-#[repr(align(128))]
-pub(crate) struct Shared {
+/// registered metric views; read-only apart from the counters' atomics.
+pub(crate) struct State {
     pub(crate) buckets: Buckets,
     pub(crate) routes: RouteTable,
     pub(crate) targets: Vec<LatencyTarget>,
-    pub(crate) sink: Option<Arc<dyn RequestSink>>,
     pub(crate) user_id_header: Option<HeaderName>,
+    /// TSC-based where available: two reads cost about a third of two
+    /// `std::time::Instant::now()` calls on the benchmark machine, the largest
+    /// single item of the per-request cost.
+    pub(crate) clock: quanta::Clock,
 }

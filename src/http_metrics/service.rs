@@ -8,9 +8,9 @@ use http::{Request, Response};
 use tower::Service;
 
 use super::future::ResponseFuture;
-use super::guard::RequestGuard;
-use super::layer::Shared;
-use super::sink::LogContext;
+use super::guard::{RequestGuard, RequestLog};
+use super::layer::State;
+use super::sink::{LogContext, RequestSink};
 use super::store::method_index;
 
 /// The service produced by [`HttpMetricsLayer`](super::HttpMetricsLayer):
@@ -21,12 +21,13 @@ use super::store::method_index;
 #[derive(Clone)]
 pub struct HttpMetrics<S> {
     inner: S,
-    shared: Arc<Shared>,
+    state: &'static State,
+    sink: Option<Arc<dyn RequestSink>>,
 }
 
 impl<S> HttpMetrics<S> {
-    pub(crate) fn new(inner: S, shared: Arc<Shared>) -> Self {
-        Self { inner, shared }
+    pub(crate) fn new(inner: S, state: &'static State, sink: Option<Arc<dyn RequestSink>>) -> Self {
+        Self { inner, state, sink }
     }
 }
 
@@ -61,13 +62,12 @@ where
             .extensions()
             .get::<MatchedPath>()
             .map(MatchedPath::as_str);
-        let route = self.shared.routes.resolve(template);
-        let log = self
-            .shared
-            .sink
-            .as_ref()
-            .map(|_| LogContext::capture(&request, self.shared.user_id_header.as_ref()));
-        let guard = RequestGuard::start(Arc::clone(&self.shared), route, method, log);
+        let route = self.state.routes.resolve(template);
+        let log = self.sink.as_ref().map(|sink| RequestLog {
+            sink: Arc::clone(sink),
+            context: LogContext::capture(&request, self.state.user_id_header.as_ref()),
+        });
+        let guard = RequestGuard::start(self.state, route, method, log);
         ResponseFuture::new(self.inner.call(request), guard)
     }
 }

@@ -4,17 +4,19 @@
 //! insert-only open-addressing table ([`RouteTable`]); inside it one
 //! [`SeriesCounters`] per (method, status) pair, again in an insert-only table.
 //! Entries are created on first sight and never removed, so the hot path is a
-//! hash, a few atomic loads and two `fetch_add`s — no lock, and nothing shared
-//! between routes except read-mostly cache lines.
+//! hash, a few atomic loads and three `fetch_add`s — no lock.
+//!
+//! Every counter is sharded by thread ([`thread_shard`]), each shard on its
+//! own 128-byte block, so threads serving the same route do not bounce cache
+//! lines between cores; scrapes add the shards up.
 //!
 //! Why not `Family<_, Histogram>`: prometheus-client's histogram takes a
-//! mutex per observation and its family a read lock shared by every series,
-//! and building the owned label set allocates. `benches/http_metrics.rs`
-//! measures that "naive" layer against this one (see `BENCHMARKS.md`): the
-//! naive layer costs several times more per request and degrades further when
-//! two threads hit the same route.
+//! mutex per observation, its family a read lock shared by every series, and
+//! building the owned label set allocates. `benches/http_metrics.rs` measures
+//! that straightforward layer against this one; see `BENCHMARKS.md`.
 
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use http::Method;
@@ -53,6 +55,40 @@ pub(crate) fn method_index(method: &Method) -> u8 {
     } else {
         9
     }
+}
+
+/// Upper bound on counter shards per series.
+const MAX_SHARDS: usize = 16;
+
+/// Number of counter shards: the machine's parallelism rounded up to a power
+/// of two (so a shard is picked with a mask), at most [`MAX_SHARDS`].
+pub(crate) fn shard_count() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .next_power_of_two()
+        .min(MAX_SHARDS)
+}
+
+thread_local! {
+    static THREAD_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+static NEXT_THREAD_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+/// This thread's shard number, before masking: threads are numbered in the
+/// order they first record, so a runtime's worker threads get distinct shards.
+#[inline]
+pub(crate) fn thread_shard() -> usize {
+    THREAD_SHARD
+        .try_with(|shard| {
+            let mut value = shard.get();
+            if value == usize::MAX {
+                value = NEXT_THREAD_SHARD.fetch_add(1, Ordering::Relaxed);
+                shard.set(value);
+            }
+            value
+        })
+        .unwrap_or(0)
 }
 
 /// Histogram bucket upper bounds, in seconds for the exposition and in
@@ -107,53 +143,81 @@ fn seconds_to_nanos(seconds: f64) -> u64 {
 const COUNTERS_PER_BLOCK: usize = 16;
 
 /// 128 bytes: a cache line plus its prefetch buddy, so counters of different
-/// series never share a line.
+/// shards or series never share a line.
 #[repr(align(128))]
 pub(crate) struct CounterBlock([AtomicU64; COUNTERS_PER_BLOCK]);
 
-/// One histogram series: counter 0 is the sum in nanoseconds (exact integer
-/// `fetch_add`, no CAS loop on float bits), counters `1..` are the
-/// non-cumulative bucket counts, the last one `+Inf`. The count is their sum,
-/// so `_count` always equals the `+Inf` bucket.
-pub(crate) struct SeriesCounters(Box<[CounterBlock]>);
+impl CounterBlock {
+    fn new() -> Self {
+        Self(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+/// One histogram series. Per shard, counter 0 is the sum in nanoseconds
+/// (an exact integer `fetch_add`, no CAS loop on float bits) and counters
+/// `1..` are the non-cumulative bucket counts, `+Inf` last. The count is their
+/// sum, so `_count` always equals the `+Inf` bucket.
+pub(crate) struct SeriesCounters {
+    blocks: Box<[CounterBlock]>,
+    blocks_per_shard: usize,
+    shard_mask: usize,
+}
 
 impl SeriesCounters {
-    fn new(bucket_count: usize) -> Self {
-        let blocks = (1 + bucket_count).div_ceil(COUNTERS_PER_BLOCK);
-        Self(
-            (0..blocks)
-                .map(|_| CounterBlock(std::array::from_fn(|_| AtomicU64::new(0))))
+    fn new(bucket_count: usize, shards: usize) -> Self {
+        let blocks_per_shard = (1 + bucket_count).div_ceil(COUNTERS_PER_BLOCK);
+        Self {
+            blocks: (0..blocks_per_shard * shards)
+                .map(|_| CounterBlock::new())
                 .collect(),
-        )
+            blocks_per_shard,
+            shard_mask: shards - 1,
+        }
     }
 
     #[inline]
-    fn counter(&self, index: usize) -> Option<&AtomicU64> {
-        self.0
-            .get(index / COUNTERS_PER_BLOCK)
+    fn counter(&self, shard: usize, index: usize) -> Option<&AtomicU64> {
+        let block = shard * self.blocks_per_shard + index / COUNTERS_PER_BLOCK;
+        self.blocks
+            .get(block)
             .map(|block| &block.0[index % COUNTERS_PER_BLOCK])
     }
 
     #[inline]
-    fn observe(&self, bucket: usize, nanos: u64) {
-        if let Some(sum) = self.counter(0) {
+    fn observe(&self, shard: usize, bucket: usize, nanos: u64) {
+        let shard = shard & self.shard_mask;
+        if let Some(sum) = self.counter(shard, 0) {
             sum.fetch_add(nanos, Ordering::Relaxed);
         }
-        if let Some(count) = self.counter(1 + bucket) {
+        if let Some(count) = self.counter(shard, 1 + bucket) {
             // Release pairs with the Acquire in `bucket_counts`, so a scrape
             // that sees this request finished also sees it started.
             count.fetch_add(1, Ordering::Release);
         }
     }
 
+    fn shards(&self) -> impl Iterator<Item = usize> {
+        0..=self.shard_mask
+    }
+
     /// Sum of the observed durations, in nanoseconds.
     pub(crate) fn sum_nanos(&self) -> u64 {
-        self.counter(0).map_or(0, |c| c.load(Ordering::Relaxed))
+        self.shards()
+            .filter_map(|shard| self.counter(shard, 0))
+            .map(|c| c.load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
     }
 
     /// Non-cumulative bucket counts, `+Inf` last.
-    pub(crate) fn bucket_counts(&self, bucket_count: usize) -> impl Iterator<Item = u64> + '_ {
-        (1..=bucket_count).map(|i| self.counter(i).map_or(0, |c| c.load(Ordering::Acquire)))
+    pub(crate) fn bucket_counts(&self, bucket_count: usize) -> Vec<u64> {
+        (1..=bucket_count)
+            .map(|i| {
+                self.shards()
+                    .filter_map(|shard| self.counter(shard, i))
+                    .map(|c| c.load(Ordering::Acquire))
+                    .sum()
+            })
+            .collect()
     }
 }
 
@@ -161,15 +225,14 @@ impl SeriesCounters {
 /// than a dozen pairs; the rest go to a mutex-protected overflow list.
 const SERIES_SLOTS: usize = 64;
 
-/// Requests started per method; on its own 128-byte block because it is the
-/// one counter written at request start.
+/// Requests started per method, one block per shard.
 #[repr(align(128))]
 struct StartedCounters([AtomicU64; METHOD_COUNT]);
 
 /// Everything recorded for one route template.
 pub(crate) struct RouteSeries {
     label: Arc<str>,
-    started: StartedCounters,
+    started: Box<[StartedCounters]>,
     /// `method << 10 | status`; 0 marks a free slot (statuses are >= 100).
     keys: [AtomicU16; SERIES_SLOTS],
     series: [OnceLock<SeriesCounters>; SERIES_SLOTS],
@@ -182,10 +245,12 @@ fn series_key(method: u8, status: u16) -> u16 {
 }
 
 impl RouteSeries {
-    fn new(label: Arc<str>) -> Self {
+    fn new(label: Arc<str>, shards: usize) -> Self {
         Self {
             label,
-            started: StartedCounters(std::array::from_fn(|_| AtomicU64::new(0))),
+            started: (0..shards)
+                .map(|_| StartedCounters(std::array::from_fn(|_| AtomicU64::new(0))))
+                .collect(),
             keys: std::array::from_fn(|_| AtomicU16::new(0)),
             series: std::array::from_fn(|_| OnceLock::new()),
             overflow: Mutex::new(Vec::new()),
@@ -199,10 +264,15 @@ impl RouteSeries {
 
     /// Counts a request as started. There is no matching decrement: the
     /// in-flight gauge is `started - finished`, where finished is the sum of
-    /// the histogram counts, which saves one contended write per request.
+    /// the histogram counts, which saves one write per request.
     #[inline]
-    pub(crate) fn start(&self, method: u8) {
-        if let Some(started) = self.started.0.get(usize::from(method)) {
+    pub(crate) fn start(&self, shard: usize, method: u8) {
+        let shard = shard & (self.started.len() - 1);
+        if let Some(started) = self
+            .started
+            .get(shard)
+            .and_then(|counters| counters.0.get(usize::from(method)))
+        {
             started.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -210,9 +280,10 @@ impl RouteSeries {
     /// Requests started with this method so far.
     pub(crate) fn started(&self, method: usize) -> u64 {
         self.started
-            .0
-            .get(method)
-            .map_or(0, |c| c.load(Ordering::Acquire))
+            .iter()
+            .filter_map(|counters| counters.0.get(method))
+            .map(|c| c.load(Ordering::Acquire))
+            .sum()
     }
 
     /// Records one finished request.
@@ -220,6 +291,7 @@ impl RouteSeries {
     pub(crate) fn observe(&self, buckets: &Buckets, method: u8, status: u16, nanos: u64) {
         let key = series_key(method, status);
         let bucket = buckets.index(nanos);
+        let shard = thread_shard();
         let mut slot = (usize::from(key).wrapping_mul(0x9e37_79b9) >> 7) % SERIES_SLOTS;
         for _ in 0..SERIES_SLOTS {
             let found = self.keys[slot].load(Ordering::Acquire);
@@ -236,8 +308,8 @@ impl RouteSeries {
                     });
             if claimed {
                 self.series[slot]
-                    .get_or_init(|| SeriesCounters::new(buckets.len_with_inf()))
-                    .observe(bucket, nanos);
+                    .get_or_init(|| SeriesCounters::new(buckets.len_with_inf(), self.started.len()))
+                    .observe(shard, bucket, nanos);
                 return;
             }
             slot = (slot + 1) % SERIES_SLOTS;
@@ -249,10 +321,10 @@ impl RouteSeries {
     fn observe_overflow(&self, buckets: &Buckets, key: u16, bucket: usize, nanos: u64) {
         let mut overflow = self.overflow.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, series)) = overflow.iter().find(|(k, _)| *k == key) {
-            series.observe(bucket, nanos);
+            series.observe(0, bucket, nanos);
         } else {
-            let series = SeriesCounters::new(buckets.len_with_inf());
-            series.observe(bucket, nanos);
+            let series = SeriesCounters::new(buckets.len_with_inf(), 1);
+            series.observe(0, bucket, nanos);
             overflow.push((key, series));
         }
     }
@@ -272,15 +344,6 @@ impl RouteSeries {
     }
 }
 
-/// Identifies a route in a [`RouteTable`]; small and `Copy` so request guards
-/// need no reference count per route.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct RouteId(u32);
-
-impl RouteId {
-    const UNMATCHED: RouteId = RouteId(u32::MAX);
-}
-
 /// Distinct route templates one layer keeps apart. Templates come from the
 /// application's code, so this is far above any real router; past it, new
 /// templates are recorded under the unmatched label.
@@ -291,46 +354,41 @@ const ROUTE_SLOTS: usize = 1024;
 pub(crate) struct RouteTable {
     slots: Box<[OnceLock<Box<RouteSeries>>]>,
     unmatched: RouteSeries,
+    shards: usize,
 }
 
 impl RouteTable {
-    pub(crate) fn new(unmatched_label: &str) -> Self {
+    /// `shards` must be a power of two.
+    pub(crate) fn new(unmatched_label: &str, shards: usize) -> Self {
         Self {
             slots: (0..ROUTE_SLOTS).map(|_| OnceLock::new()).collect(),
-            unmatched: RouteSeries::new(Arc::from(unmatched_label)),
+            unmatched: RouteSeries::new(Arc::from(unmatched_label), shards),
+            shards,
         }
     }
 
     /// Finds (or, on first sight, creates) the entry for a route template;
     /// `None` is the unmatched route.
     #[inline]
-    pub(crate) fn resolve(&self, template: Option<&str>) -> RouteId {
+    pub(crate) fn resolve(&self, template: Option<&str>) -> &RouteSeries {
         let Some(template) = template else {
-            return RouteId::UNMATCHED;
+            return &self.unmatched;
         };
         let mut slot = (hash(template.as_bytes()) as usize) % ROUTE_SLOTS;
         for _ in 0..ROUTE_SLOTS {
             let cell = &self.slots[slot];
             let entry = match cell.get() {
                 Some(entry) => entry,
-                None => cell.get_or_init(|| Box::new(RouteSeries::new(Arc::from(template)))),
+                None => cell
+                    .get_or_init(|| Box::new(RouteSeries::new(Arc::from(template), self.shards))),
             };
             if *entry.label == *template {
-                return RouteId(slot as u32);
+                return entry;
             }
             slot = (slot + 1) % ROUTE_SLOTS;
         }
         table_full_warning();
-        RouteId::UNMATCHED
-    }
-
-    /// The entry for an id returned by [`RouteTable::resolve`].
-    #[inline]
-    pub(crate) fn get(&self, id: RouteId) -> &RouteSeries {
-        self.slots
-            .get(id.0 as usize)
-            .and_then(OnceLock::get)
-            .map_or(&self.unmatched, |entry| entry)
+        &self.unmatched
     }
 
     /// Every route seen so far, the unmatched one included.
@@ -432,22 +490,26 @@ mod tests {
         assert_eq!(fallback.bounds(), &DEFAULT);
     }
 
+    fn snapshot(route: &RouteSeries, buckets: &Buckets) -> Vec<(u8, u16, Vec<u64>, u64)> {
+        let mut seen = Vec::new();
+        route.for_each_series(|method, status, counters| {
+            let counts = counters.bucket_counts(buckets.len_with_inf());
+            seen.push((method, status, counts, counters.sum_nanos()));
+        });
+        seen.sort();
+        seen
+    }
+
     #[test]
     fn series_are_kept_apart_by_method_and_status() {
         let buckets = Buckets::new(&DEFAULT, &DEFAULT);
-        let route = RouteSeries::new(Arc::from("/r"));
+        let route = RouteSeries::new(Arc::from("/r"), 4);
         route.observe(&buckets, 0, 200, 50_000_000);
         route.observe(&buckets, 0, 200, 2_000_000_000);
         route.observe(&buckets, 2, 200, 1);
         route.observe(&buckets, 0, 404, 1);
-        let mut seen = Vec::new();
-        route.for_each_series(|method, status, counters| {
-            let counts: Vec<u64> = counters.bucket_counts(buckets.len_with_inf()).collect();
-            seen.push((method, status, counts, counters.sum_nanos()));
-        });
-        seen.sort();
         assert_eq!(
-            seen,
+            snapshot(&route, &buckets),
             vec![
                 (0, 200, vec![1, 0, 1], 2_050_000_000),
                 (0, 404, vec![1, 0, 0], 1),
@@ -457,9 +519,30 @@ mod tests {
     }
 
     #[test]
+    fn shards_written_by_different_threads_add_up() {
+        let buckets = Buckets::new(&DEFAULT, &DEFAULT);
+        let route = RouteSeries::new(Arc::from("/r"), 4);
+        std::thread::scope(|scope| {
+            for _ in 0..6 {
+                scope.spawn(|| {
+                    for _ in 0..1000 {
+                        route.start(thread_shard(), 0);
+                        route.observe(&buckets, 0, 200, 3);
+                    }
+                });
+            }
+        });
+        assert_eq!(route.started(0), 6000);
+        assert_eq!(
+            snapshot(&route, &buckets),
+            vec![(0, 200, vec![6000, 0, 0], 18_000)]
+        );
+    }
+
+    #[test]
     fn more_pairs_than_slots_spill_into_the_overflow_list() {
         let buckets = Buckets::new(&DEFAULT, &DEFAULT);
-        let route = RouteSeries::new(Arc::from("/r"));
+        let route = RouteSeries::new(Arc::from("/r"), 2);
         let pairs: Vec<(u8, u16)> = (0..10u8)
             .flat_map(|m| (100..110u16).map(move |s| (m, s)))
             .collect();
@@ -469,37 +552,39 @@ mod tests {
                 route.observe(&buckets, m, s, 1);
             }
         }
-        let mut seen = Vec::new();
-        route.for_each_series(|m, s, counters| {
-            let count: u64 = counters.bucket_counts(buckets.len_with_inf()).sum();
-            seen.push((m, s, count));
-        });
-        seen.sort();
+        let seen: Vec<(u8, u16, u64)> = snapshot(&route, &buckets)
+            .into_iter()
+            .map(|(m, s, counts, _)| (m, s, counts.iter().sum()))
+            .collect();
         let expected: Vec<(u8, u16, u64)> = pairs.iter().map(|&(m, s)| (m, s, 3)).collect();
         assert_eq!(seen, expected);
     }
 
     #[test]
     fn route_table_returns_one_entry_per_template() {
-        let table = RouteTable::new("__unmatched__");
+        let table = RouteTable::new("__unmatched__", 1);
         let a = table.resolve(Some("/a/{id}"));
         let b = table.resolve(Some("/b"));
-        assert_ne!(a, b);
+        assert!(!std::ptr::eq(a, b));
         let owned = String::from("/a/{id}");
-        assert_eq!(table.resolve(Some(&owned)), a, "compared by content");
-        assert_eq!(&**table.get(a).label(), "/a/{id}");
-        assert_eq!(&**table.get(table.resolve(None)).label(), "__unmatched__");
+        assert!(
+            std::ptr::eq(table.resolve(Some(&owned)), a),
+            "compared by content"
+        );
+        assert_eq!(&**a.label(), "/a/{id}");
+        assert_eq!(&**table.resolve(None).label(), "__unmatched__");
         assert_eq!(table.iter().count(), 3);
     }
 
     #[test]
     fn route_table_full_falls_back_to_unmatched() {
-        let table = RouteTable::new("__unmatched__");
+        let table = RouteTable::new("__unmatched__", 1);
         for i in 0..ROUTE_SLOTS {
-            let id = table.resolve(Some(&format!("/r{i}")));
-            assert_ne!(id, RouteId::UNMATCHED);
+            let route = table.resolve(Some(&format!("/r{i}")));
+            assert_eq!(&**route.label(), format!("/r{i}"));
         }
-        assert_eq!(table.resolve(Some("/one-too-many")), RouteId::UNMATCHED);
+        let overflowing = table.resolve(Some("/one-too-many"));
+        assert_eq!(&**overflowing.label(), "__unmatched__");
         assert_eq!(table.iter().count(), ROUTE_SLOTS + 1);
     }
 }

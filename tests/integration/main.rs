@@ -1,6 +1,9 @@
 //! Integration tests against a real PostgreSQL, Prometheus and Alertmanager.
 
+mod api;
 mod collector;
 mod dashboards;
+mod demo;
 mod foundation;
+mod http_metrics;
 mod support;

@@ -1,0 +1,498 @@
+//! The demo's reference Follow-Up API: the few endpoints of the real
+//! product the OKRs depend on, instrumented with [`HttpMetricsLayer`] and
+//! serving its own `/metrics`, as the product's API would.
+//!
+//! | route | does |
+//! |---|---|
+//! | `POST /api/followups` | creates a draft: `{creator_id, company?, meeting_type?, creator_region?}` → 201 `{id}` |
+//! | `GET /api/followups/{id}` | the follow-up |
+//! | `PATCH /api/followups/{id}` | edits fields; `{"publish": true}` publishes, `creation_seconds` relays the client's creation timer |
+//! | `DELETE /api/followups/{id}` | deletes it |
+//! | `GET /api/followups/{id}/analytics` | sessions and unique visitors |
+//! | `POST /api/followups/{id}/next-action` | records the seller's first next action |
+//! | `POST /f/{id}/view` | a prospect opens the shared page: `{visitor_id, device_type}` |
+//! | `GET /metrics` | the API's request-latency metrics |
+//!
+//! Handlers sleep a few tens of milliseconds (with a rare slow tail) so the
+//! latency histograms look like a real service's and stay mostly within
+//! the targets.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use prometheus_client::registry::Registry;
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use uuid::Uuid;
+
+use crate::api_error::ApiError;
+use crate::exposition;
+use crate::http_metrics::HttpMetricsLayer;
+
+/// Largest request body the API reads.
+const MAX_BODY_BYTES: usize = 16 * 1024;
+/// Longest accepted text field.
+const MAX_TEXT_LEN: usize = 200;
+/// Largest creation time the API relays (one day, the exporter's default limit).
+const MAX_CREATION_SECONDS: f64 = 86_400.0;
+
+/// Shared state of the API's handlers.
+#[derive(Clone)]
+struct ApiState {
+    pool: PgPool,
+    registry: Arc<Registry>,
+}
+
+/// The API's routes over `pool`, instrumented with an [`HttpMetricsLayer`]
+/// registered in `registry`, which `GET /metrics` serves.
+pub fn router(pool: PgPool, mut registry: Registry) -> Router {
+    let metrics = HttpMetricsLayer::new(&mut registry);
+    let state = ApiState {
+        pool,
+        registry: Arc::new(registry),
+    };
+    Router::new()
+        .route("/api/followups", post(create))
+        .route(
+            "/api/followups/{id}",
+            get(show).patch(update).delete(remove),
+        )
+        .route("/api/followups/{id}/analytics", get(analytics))
+        .route("/api/followups/{id}/next-action", post(next_action))
+        .route("/f/{id}/view", post(view))
+        .route("/metrics", get(metrics_page))
+        .fallback(unknown_route)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Outermost, so the 404 fallback and body-limit rejections are timed too.
+        .layer(metrics)
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve_api(
+    listener: TcpListener,
+    pool: PgPool,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(pool, Registry::default()))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// A JSON body whose rejections are [`ApiError`]s: 400 malformed, 413 too
+/// large, 415 not JSON, 422 wrong shape.
+struct JsonBody<T>(T);
+
+impl<S, T> FromRequest<S> for JsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Json::<T>::from_request(req, state).await {
+            Ok(Json(value)) => Ok(Self(value)),
+            Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
+        }
+    }
+}
+
+/// Simulated work: `lo..=hi` milliseconds, and with probability `tail`
+/// three to six times that.
+async fn work(lo: u64, hi: u64, tail: f64) {
+    let ms = {
+        let mut rng = rand::rng();
+        let base = rng.random_range(lo..=hi);
+        if rng.random_bool(tail) {
+            base * rng.random_range(3..=6)
+        } else {
+            base
+        }
+    };
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no follow-up with this id").field("id")
+}
+
+/// Parses a path id; a value that is not a UUID names no follow-up.
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| not_found())
+}
+
+fn db_error(e: sqlx::Error) -> ApiError {
+    tracing::warn!(error = %e, "demo API database error");
+    ApiError::unavailable("database unavailable")
+}
+
+fn check_text(field: &str, value: Option<&str>, required: bool) -> Result<(), ApiError> {
+    match value {
+        None if required => Err(ApiError::invalid(field, format!("{field} is required"))),
+        Some(v) if required && v.trim().is_empty() => Err(ApiError::invalid(
+            field,
+            format!("{field} must not be empty"),
+        )),
+        Some(v) if v.chars().count() > MAX_TEXT_LEN => Err(ApiError::invalid(
+            field,
+            format!("{field} is longer than {MAX_TEXT_LEN} characters"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A follow-up as the API returns it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Followup {
+    id: Uuid,
+    creator_id: String,
+    company: Option<String>,
+    meeting_type: Option<String>,
+    creator_region: Option<String>,
+    status: String,
+    created_at: DateTime<Utc>,
+    published_at: Option<DateTime<Utc>>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+const FOLLOWUP_COLUMNS: &str = "id, creator_id, company, meeting_type, creator_region, status, \
+                                created_at, published_at, deleted_at";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateFollowup {
+    creator_id: String,
+    company: Option<String>,
+    meeting_type: Option<String>,
+    creator_region: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct Created {
+    id: Uuid,
+}
+
+async fn create(
+    State(state): State<ApiState>,
+    JsonBody(body): JsonBody<CreateFollowup>,
+) -> Result<impl IntoResponse, ApiError> {
+    check_text("creator_id", Some(&body.creator_id), true)?;
+    check_text("company", body.company.as_deref(), false)?;
+    check_text("meeting_type", body.meeting_type.as_deref(), false)?;
+    check_text("creator_region", body.creator_region.as_deref(), false)?;
+    work(10, 60, 0.02).await;
+    let id = Uuid::new_v4();
+    sqlx::query(
+        "INSERT INTO followups (id, creator_id, company, meeting_type, creator_region,
+                                status, created_at)
+         VALUES ($1, $2, $3, $4, $5, 'draft', now())",
+    )
+    .bind(id)
+    .bind(body.creator_id.trim())
+    .bind(&body.company)
+    .bind(&body.meeting_type)
+    .bind(&body.creator_region)
+    .execute(&state.pool)
+    .await
+    .map_err(db_error)?;
+    Ok((StatusCode::CREATED, Json(Created { id })))
+}
+
+async fn show(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Followup>, ApiError> {
+    let id = parse_id(&id)?;
+    work(5, 30, 0.01).await;
+    let sql = format!("SELECT {FOLLOWUP_COLUMNS} FROM followups WHERE id = $1");
+    sqlx::query_as::<_, Followup>(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(db_error)?
+        .map(Json)
+        .ok_or_else(not_found)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateFollowup {
+    company: Option<String>,
+    meeting_type: Option<String>,
+    creator_region: Option<String>,
+    #[serde(default)]
+    publish: bool,
+    creation_seconds: Option<f64>,
+}
+
+async fn update(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<UpdateFollowup>,
+) -> Result<Json<Followup>, ApiError> {
+    let id = parse_id(&id)?;
+    check_text("company", body.company.as_deref(), false)?;
+    check_text("meeting_type", body.meeting_type.as_deref(), false)?;
+    check_text("creator_region", body.creator_region.as_deref(), false)?;
+    if let Some(s) = body.creation_seconds
+        && !(s.is_finite() && (0.0..=MAX_CREATION_SECONDS).contains(&s))
+    {
+        return Err(ApiError::invalid(
+            "creation_seconds",
+            format!("creation_seconds must be between 0 and {MAX_CREATION_SECONDS}"),
+        ));
+    }
+    work(5, 40, 0.02).await;
+    let mut tx = state.pool.begin().await.map_err(db_error)?;
+    let current: Option<(String,)> =
+        sqlx::query_as("SELECT status FROM followups WHERE id = $1 FOR UPDATE")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_error)?;
+    let Some((status,)) = current else {
+        return Err(not_found());
+    };
+    if status == "deleted" {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the follow-up is deleted",
+        ));
+    }
+    let publish_now = body.publish && status == "draft";
+    if body.creation_seconds.is_some() && !(publish_now || status == "published") {
+        return Err(ApiError::invalid(
+            "creation_seconds",
+            "creation_seconds is sent with the publish request",
+        ));
+    }
+    let sql = format!(
+        "UPDATE followups
+            SET company = coalesce($2, company),
+                meeting_type = coalesce($3, meeting_type),
+                creator_region = coalesce($4, creator_region),
+                status = CASE WHEN $5 THEN 'published' ELSE status END,
+                published_at = CASE WHEN $5 THEN now() ELSE published_at END
+          WHERE id = $1
+      RETURNING {FOLLOWUP_COLUMNS}"
+    );
+    let row: Followup = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .bind(&body.company)
+        .bind(&body.meeting_type)
+        .bind(&body.creator_region)
+        .bind(publish_now)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    if let (Some(seconds), Some(published_at)) = (body.creation_seconds, row.published_at) {
+        // What the real backend relays to POST /api/okr/creation-time; the
+        // primary key keeps a retried publish from counting twice.
+        sqlx::query(
+            "INSERT INTO okr_creation_time (followup_id, started_at, published_at,
+                                            duration_seconds, status)
+             VALUES ($1, $2 - make_interval(secs => $3), $2, $3, 'published')
+             ON CONFLICT (followup_id) DO NOTHING",
+        )
+        .bind(id)
+        .bind(published_at)
+        .bind(seconds)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_error)?;
+    }
+    tx.commit().await.map_err(db_error)?;
+    Ok(Json(row))
+}
+
+async fn remove(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Followup>, ApiError> {
+    let id = parse_id(&id)?;
+    work(5, 30, 0.01).await;
+    let sql = format!(
+        "UPDATE followups SET status = 'deleted', deleted_at = coalesce(deleted_at, now())
+          WHERE id = $1 RETURNING {FOLLOWUP_COLUMNS}"
+    );
+    sqlx::query_as::<_, Followup>(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await
+        .map_err(db_error)?
+        .map(Json)
+        .ok_or_else(not_found)
+}
+
+#[derive(Debug, Serialize)]
+struct Devices {
+    mobile: i64,
+    tablet: i64,
+    desktop: i64,
+    other: i64,
+}
+
+#[derive(Debug, Serialize)]
+struct Analytics {
+    followup_id: Uuid,
+    sessions: i64,
+    unique_visitors: i64,
+    devices: Devices,
+}
+
+async fn analytics(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Json<Analytics>, ApiError> {
+    let id = parse_id(&id)?;
+    work(20, 120, 0.03).await;
+    let row: Option<(i64, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT count(s.id),
+                count(DISTINCT s.visitor_id),
+                count(s.id) FILTER (WHERE s.device_type = 'mobile'),
+                count(s.id) FILTER (WHERE s.device_type = 'tablet'),
+                count(s.id) FILTER (WHERE s.device_type = 'desktop')
+           FROM followups f
+           LEFT JOIN analytics_sessions s ON s.followup_id = f.id
+          WHERE f.id = $1
+          GROUP BY f.id",
+    )
+    .bind(id)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(db_error)?;
+    let (sessions, unique_visitors, mobile, tablet, desktop) = row.ok_or_else(not_found)?;
+    Ok(Json(Analytics {
+        followup_id: id,
+        sessions,
+        unique_visitors,
+        devices: Devices {
+            mobile,
+            tablet,
+            desktop,
+            other: sessions - mobile - tablet - desktop,
+        },
+    }))
+}
+
+#[derive(Debug, Serialize)]
+struct NextAction {
+    followup_id: Uuid,
+    action_at: DateTime<Utc>,
+    days_to_action: f64,
+    recorded: bool,
+}
+
+async fn next_action(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    work(5, 25, 0.01).await;
+    let published: Option<(Option<DateTime<Utc>>,)> =
+        sqlx::query_as("SELECT published_at FROM followups WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await
+            .map_err(db_error)?;
+    let Some((published_at,)) = published else {
+        return Err(not_found());
+    };
+    let Some(published_at) = published_at else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "the follow-up is not published",
+        ));
+    };
+    let inserted: Option<(DateTime<Utc>, f64)> = sqlx::query_as(
+        "INSERT INTO okr_next_actions (followup_id, action_at, published_at, days_to_action)
+         VALUES ($1, greatest(now(), $2), $2,
+                 extract(epoch FROM greatest(now(), $2) - $2)::float8 / 86400)
+         ON CONFLICT (followup_id) DO NOTHING
+         RETURNING action_at, days_to_action",
+    )
+    .bind(id)
+    .bind(published_at)
+    .fetch_optional(&state.pool)
+    .await
+    .map_err(db_error)?;
+    let (status, (action_at, days_to_action), recorded) = match inserted {
+        Some(row) => (StatusCode::CREATED, row, true),
+        None => {
+            let existing: (DateTime<Utc>, f64) = sqlx::query_as(
+                "SELECT action_at, days_to_action FROM okr_next_actions WHERE followup_id = $1",
+            )
+            .bind(id)
+            .fetch_one(&state.pool)
+            .await
+            .map_err(db_error)?;
+            (StatusCode::OK, existing, false)
+        }
+    };
+    let body = NextAction {
+        followup_id: id,
+        action_at,
+        days_to_action,
+        recorded,
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct View {
+    visitor_id: String,
+    device_type: String,
+}
+
+async fn view(
+    State(state): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(body): JsonBody<View>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_id(&id)?;
+    check_text("visitor_id", Some(&body.visitor_id), true)?;
+    check_text("device_type", Some(&body.device_type), true)?;
+    work(3, 15, 0.01).await;
+    // Only a published, live follow-up has a page to open.
+    let done = sqlx::query(
+        "INSERT INTO analytics_sessions (followup_id, visitor_id, device_type, started_at)
+         SELECT id, $2, $3, now() FROM followups
+          WHERE id = $1 AND published_at IS NOT NULL AND deleted_at IS NULL",
+    )
+    .bind(id)
+    .bind(&body.visitor_id)
+    .bind(&body.device_type)
+    .execute(&state.pool)
+    .await
+    .map_err(db_error)?;
+    if done.rows_affected() == 0 {
+        return Err(not_found());
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn metrics_page(State(state): State<ApiState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = exposition::negotiate(accept);
+    match exposition::encode(&state.registry, format) {
+        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
+        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
+            .into_response(),
+    }
+}
+
+async fn unknown_route() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+}
