@@ -200,7 +200,15 @@ async fn main() -> anyhow::Result<()> {
     // 3. With the documented indexes.
     let t = Instant::now();
     okr_exporter::db::create_source_indexes(&pool).await?;
-    sqlx::raw_sql("ANALYZE").execute(&pool).await?;
+    sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
+    for (line,) in sqlx::query_as::<_, (String,)>(
+        "SELECT relname || ' relpages=' || relpages || ' relallvisible=' || relallvisible FROM pg_class WHERE relname IN ('followups', 'analytics_sessions')",
+    )
+    .fetch_all(&pool)
+    .await?
+    {
+        println!("  {line}");
+    }
     println!("source indexes built in {}", ms(t.elapsed()));
     for (line,) in sqlx::query_as::<_, (String,)>(
         "SELECT indexrelname || ': ' || pg_size_pretty(pg_relation_size(indexrelid)) FROM pg_stat_user_indexes WHERE indexrelname LIKE 'okr_%' ORDER BY 1",

@@ -35,11 +35,11 @@ expect() {
 
 # critical: pages, and is also visible in the team channel.
 expect pager,team-channel severity=critical alertname=FollowUpAPILatencyP95High job=followup-api http_request_method=POST http_route=/api/followups
-expect pager,team-channel severity=critical alertname=FollowUpAPIErrorBudgetBurn long_window=1h short_window=5m http_route=/api/followups/{id}
-expect pager,team-channel severity=critical alertname=FollowUpAPILatencyBudgetBurn long_window=6h short_window=30m http_route=/api/followups/{id}/analytics
+expect pager,team-channel severity=critical alertname=FollowUpAPIErrorBudgetBurn long_window=1h short_window=5m 'http_route=/api/followups/{id}'
+expect pager,team-channel severity=critical alertname=FollowUpAPILatencyBudgetBurn long_window=6h short_window=30m 'http_route=/api/followups/{id}/analytics'
 
 # warning: team channel only, never the pager.
-expect team-channel severity=warning alertname=FollowUpAPILatencyP95High job=followup-api http_request_method=PATCH http_route=/api/followups/{id}
+expect team-channel severity=warning alertname=FollowUpAPILatencyP95High job=followup-api http_request_method=PATCH 'http_route=/api/followups/{id}'
 expect team-channel severity=warning alertname=FollowUpAPIErrorBudgetBurn long_window=3d short_window=6h http_route=/api/followups
 expect team-channel severity=warning alertname=OKRDraftCompletionBelowFloor job=okr-exporter window=7d
 expect team-channel severity=warning alertname=ScrapeTargetDown job=okr-exporter instance=okr-exporter:9464

@@ -12,42 +12,49 @@ use super::{CollectContext, Family, OkrCollector, ratio};
 pub const OTHER_COMPANY: &str = "__other__";
 
 // F = follow-ups published in the longest window (partial index
-// okr_followups_published_at_idx); each one's distinct visitors come from an
-// index-only scan of okr_analytics_sessions_followup_visitor_idx. The
-// grouping sets give every breakdown of every window in one pass.
-// GROUPING(meeting_type, creator_region, company): 7 = window total,
-// 3 = by meeting type, 5 = by region, 6 = by company.
+// okr_followups_published_at_idx). Their distinct visitors come from one
+// grouped pass over their sessions: a nested loop on
+// okr_analytics_sessions_followup_visitor_idx when it exists, a hash join
+// otherwise (a per-row subquery would scan the whole table per follow-up
+// without the index). The grouping sets give every breakdown of every
+// window in one pass. GROUPING(meeting_type, creator_region, company):
+// 7 = window total, 3 = by meeting type, 5 = by region, 6 = by company.
 const SQL: &str = "
 WITH w AS (
     SELECT label, secs FROM unnest($1::text[], $2::float8[]) AS w(label, secs)
-), f AS (
+), f AS MATERIALIZED (
     SELECT f.id,
            f.published_at,
            coalesce(nullif(f.meeting_type, ''), 'unknown') AS meeting_type,
            coalesce(nullif(f.creator_region, ''), 'unknown') AS creator_region,
-           coalesce(nullif(f.company, ''), 'unknown') AS company,
-           (SELECT count(DISTINCT s.visitor_id)
-              FROM analytics_sessions s
-             WHERE s.followup_id = f.id AND s.started_at <= $3) AS visitors
+           coalesce(nullif(f.company, ''), 'unknown') AS company
     FROM followups f
     WHERE f.published_at > $3 - make_interval(secs => $4)
       AND f.published_at <= $3
+), v AS (
+    SELECT s.followup_id, count(DISTINCT s.visitor_id) AS visitors
+    FROM analytics_sessions s
+    WHERE s.followup_id IN (SELECT id FROM f) AND s.started_at <= $3
+    GROUP BY s.followup_id
+), fv AS (
+    SELECT f.*, coalesce(v.visitors, 0) AS visitors
+    FROM f LEFT JOIN v ON v.followup_id = f.id
 )
 SELECT w.label,
-       GROUPING(f.meeting_type, f.creator_region, f.company)::int4 AS g,
-       coalesce(CASE GROUPING(f.meeting_type, f.creator_region, f.company)
-                    WHEN 3 THEN f.meeting_type
-                    WHEN 5 THEN f.creator_region
-                    WHEN 6 THEN f.company END, '') AS dim,
+       GROUPING(fv.meeting_type, fv.creator_region, fv.company)::int4 AS g,
+       coalesce(CASE GROUPING(fv.meeting_type, fv.creator_region, fv.company)
+                    WHEN 3 THEN fv.meeting_type
+                    WHEN 5 THEN fv.creator_region
+                    WHEN 6 THEN fv.company END, '') AS dim,
        count(*) AS followups,
-       sum(f.visitors)::int8 AS visitors,
-       count(*) FILTER (WHERE f.visitors > 0) AS engaged
+       sum(fv.visitors)::int8 AS visitors,
+       count(*) FILTER (WHERE fv.visitors > 0) AS engaged
 FROM w
-JOIN f ON f.published_at > $3 - make_interval(secs => w.secs)
+JOIN fv ON fv.published_at > $3 - make_interval(secs => w.secs)
 GROUP BY GROUPING SETS ((w.label),
-                        (w.label, f.meeting_type),
-                        (w.label, f.creator_region),
-                        (w.label, f.company))";
+                        (w.label, fv.meeting_type),
+                        (w.label, fv.creator_region),
+                        (w.label, fv.company))";
 
 /// Collects `okr_engagement_ratio`, `okr_engaged_followups_ratio` and the
 /// breakdowns by meeting type, creator region and (top-N) company.

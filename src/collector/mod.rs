@@ -141,6 +141,10 @@ pub struct CollectorMetrics {
     pub last_success: MetricFamily<CollectorLabel, Gauge<f64, AtomicU64>>,
     /// 1 if the last poll reached the database.
     pub up: Gauge<i64, AtomicI64>,
+    /// Configured interval of each collector.
+    pub interval: MetricFamily<CollectorLabel, Gauge<f64, AtomicU64>>,
+    /// Age after which a collector's last good values are dropped.
+    pub max_staleness: MetricFamily<CollectorLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl CollectorMetrics {
@@ -166,6 +170,16 @@ impl CollectorMetrics {
             "okr_exporter_last_success_timestamp_seconds",
             "Unix time of the collector's last successful run.",
             m.last_success.clone(),
+        );
+        registry.register(
+            "okr_exporter_collection_interval_seconds",
+            "Configured interval between two runs of the collector, in seconds.",
+            m.interval.clone(),
+        );
+        registry.register(
+            "okr_exporter_max_staleness_seconds",
+            "Age in seconds after which the collector's last good values are dropped from /metrics.",
+            m.max_staleness.clone(),
         );
         registry.register(
             "okr_exporter_up",
@@ -231,14 +245,26 @@ impl Scheduler {
         store: Arc<SnapshotStore>,
         metrics: CollectorMetrics,
     ) -> Self {
-        Self {
+        let me = Self {
             collectors,
             read_pool,
             write_pool,
             settings,
             store,
             metrics,
+        };
+        for c in &me.collectors {
+            let label = CollectorMetrics::label(c.name());
+            me.metrics
+                .interval
+                .get_or_create(&label)
+                .set(me.interval_of(c.as_ref()).as_secs_f64());
+            me.metrics
+                .max_staleness
+                .get_or_create(&label)
+                .set(me.max_age_of(c.as_ref()).as_secs_f64());
         }
+        me
     }
 
     /// Interval of one collector: configuration override, else the
@@ -377,9 +403,11 @@ async fn collect_in_tx(
     } else {
         "REPEATABLE READ, READ ONLY"
     };
-    // Only our own constants and an integer are formatted in.
+    // Only our own constants and an integer are formatted in. JIT is off:
+    // compiling these short range queries costs more than running them
+    // (measured: ~150 ms of a 365 ms engagement query at 100k follow-ups).
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "BEGIN ISOLATION LEVEL {mode}; SET LOCAL statement_timeout = {}",
+        "BEGIN ISOLATION LEVEL {mode}; SET LOCAL statement_timeout = {}; SET LOCAL jit = off",
         timeout.as_millis().max(1)
     )))
     .execute(&mut *conn)

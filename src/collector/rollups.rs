@@ -36,19 +36,22 @@ WHERE (r.created, r.published, r.deleted, r.open)
    IS DISTINCT FROM (EXCLUDED.created, EXCLUDED.published, EXCLUDED.deleted, EXCLUDED.open)";
 
 const ENGAGEMENT_SQL: &str = "
+WITH f AS MATERIALIZED (
+    SELECT id, published_at FROM followups
+    WHERE published_at >= $1 AND published_at <= $2
+), v AS (
+    SELECT s.followup_id, count(DISTINCT s.visitor_id) AS visitors
+    FROM analytics_sessions s
+    WHERE s.followup_id IN (SELECT id FROM f) AND s.started_at <= $2
+    GROUP BY s.followup_id
+)
 INSERT INTO okr_engagement AS r (day, followups, unique_visitors, engaged_followups, updated_at)
 SELECT (f.published_at AT TIME ZONE 'UTC')::date,
        count(*),
-       sum(v.visitors)::int8,
+       coalesce(sum(v.visitors), 0)::int8,
        count(*) FILTER (WHERE v.visitors > 0),
        now()
-FROM followups f
-CROSS JOIN LATERAL (
-    SELECT count(DISTINCT s.visitor_id) AS visitors
-    FROM analytics_sessions s
-    WHERE s.followup_id = f.id AND s.started_at <= $2
-) v
-WHERE f.published_at >= $1 AND f.published_at <= $2
+FROM f LEFT JOIN v ON v.followup_id = f.id
 GROUP BY 1
 ON CONFLICT (day) DO UPDATE SET
     followups = EXCLUDED.followups, unique_visitors = EXCLUDED.unique_visitors,

@@ -42,13 +42,13 @@ pub enum DemoError {
     Server(#[from] ServerError),
     /// The reference API's address could not be bound.
     #[error(
-        "cannot start the demo's Follow-Up API on {addr}: {source} (choose another address with --api-listen)"
+        "cannot start the demo's Follow-Up API on {addr}: {error} (choose another address with --api-listen)"
     )]
     ApiBind {
         /// Address.
         addr: SocketAddr,
-        /// Cause.
-        source: std::io::Error,
+        /// Cause (part of the message, so it is not repeated as a source).
+        error: std::io::Error,
     },
     /// `--rps` is out of range.
     #[error("--rps must be between 0 and {MAX_RPS} requests per second, got {0}")]
@@ -60,6 +60,16 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
     if !(args.rps.is_finite() && (0.0..=MAX_RPS).contains(&args.rps)) {
         return Err(DemoError::InvalidRps(args.rps));
     }
+    // Both ports are bound before the database starts, so a taken port fails at once.
+    let listener = server::bind(settings.listen).await?;
+    let api_listener =
+        TcpListener::bind(args.api_listen)
+            .await
+            .map_err(|error| DemoError::ApiBind {
+                addr: args.api_listen,
+                error,
+            })?;
+
     // Held until the end of the demo: dropping it stops the cluster.
     let mut _embedded = None;
     if settings.database_url.is_none() {
@@ -79,15 +89,6 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
     db::apply_source_schema(&pool).await?;
     db::migrate(&pool).await?;
 
-    // Both ports are bound before any slow work, so a taken port fails at once.
-    let listener = server::bind(settings.listen).await?;
-    let api_listener =
-        TcpListener::bind(args.api_listen)
-            .await
-            .map_err(|source| DemoError::ApiBind {
-                addr: args.api_listen,
-                source,
-            })?;
     let exporter_addr = listener.local_addr().unwrap_or(settings.listen);
     let api_addr = api_listener.local_addr().unwrap_or(args.api_listen);
 

@@ -238,14 +238,16 @@ impl Simulation {
             }
             return call;
         }
+        // Creates are rare, as in the product: each one brings a dozen
+        // autosaves, a publish and its visits along.
         let u: f64 = self.rng.random();
-        if u < 0.25 && self.schedule.len() < MAX_SCHEDULED {
+        if u < 0.02 && self.schedule.len() < MAX_SCHEDULED {
             return self.create();
         }
         let Some(id) = self.known_id() else {
             return self.create();
         };
-        if u < 0.60 {
+        if u < 0.42 {
             get(format!("/api/followups/{id}/analytics"))
         } else if u < 0.92 {
             get(format!("/api/followups/{id}"))
@@ -268,7 +270,7 @@ impl Simulation {
         let company = profile::company(&mut self.rng);
         let (meeting_type, engagement) = profile::meeting_type(&mut self.rng);
         let outcome = profile::outcome(&mut self.rng);
-        let edits = self.rng.random_range(1..=3);
+        let edits = self.rng.random_range(3..=12);
         let creation_seconds = (profile::creation_seconds(&mut self.rng) * 1000.0).round() / 1000.0;
         let visitors = (0..profile::visitor_count(&mut self.rng, engagement))
             .map(|_| {
@@ -307,8 +309,9 @@ impl Simulation {
     fn schedule_story(&mut self, id: Uuid, plan: Plan) {
         let path = format!("/api/followups/{id}");
         let mut t = Instant::now();
+        // Autosaves while the seller writes; the first one sets the fields.
         for i in 0..plan.edits {
-            t += self.secs(2.0, 15.0);
+            t += self.secs(2.0, 8.0);
             let (company, meeting_type) = if i == 0 {
                 (
                     profile::company(&mut self.rng),

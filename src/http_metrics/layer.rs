@@ -16,9 +16,9 @@ use super::{DEFAULT_BUCKETS, DEFAULT_UNMATCHED_ROUTE};
 /// A tower layer recording `http_server_*` metrics for every request of the
 /// service it wraps; see the [module documentation](super).
 ///
-/// Cloning is cheap (a pointer copy): create the layer once per registry, at
-/// start-up, and clone it wherever it is needed. Its counters live as long as
-/// the process, like the registry they are exported through.
+/// Cloning is cheap (a pointer copy, plus a reference count when a request
+/// sink is set): create the layer once per registry, at start-up, and clone
+/// it wherever it is needed.
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
     state: &'static State,
@@ -163,6 +163,9 @@ impl HttpMetricsBuilder {
     /// in `registry` (no prefix is added) and returns the layer feeding them.
     ///
     /// Register once per registry; registering twice duplicates the families.
+    /// The counters allocated here are never freed — they live for the rest
+    /// of the process, as exported metrics do — so build layers at start-up,
+    /// not per request.
     pub fn register(self, registry: &mut Registry) -> HttpMetricsLayer {
         let targets = self.targets.unwrap_or_else(default_targets);
         let shards = shard_count();

@@ -322,10 +322,9 @@ async fn reference_api_writes_the_source_tables_and_is_instrumented() {
         ),
         "{metrics}"
     );
-    assert!(
-        metrics.contains(r#"http_route="/api/followups",http_response_status_code="201""#)
-            || metrics.contains(r#"http_response_status_code="201""#)
-    );
+    assert!(metrics.contains(
+        r#"http_request_method="POST",http_route="/api/followups",http_response_status_code="201""#
+    ));
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();

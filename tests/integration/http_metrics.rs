@@ -287,7 +287,7 @@ async fn scanner_traffic_does_not_grow_the_series() {
     let app = followups_app(&mut registry);
     let mut rng = StdRng::seed_from_u64(0x5ca1ab1e);
 
-    let mut random_request = |rng: &mut StdRng| {
+    let random_request = |rng: &mut StdRng| {
         let segments = rng.random_range(1..5);
         let mut path = String::new();
         for _ in 0..segments {

@@ -1,5 +1,6 @@
 //! Integration tests against a real PostgreSQL, Prometheus and Alertmanager.
 
+mod alerting_rules;
 mod api;
 mod collector;
 mod dashboards;
