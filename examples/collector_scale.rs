@@ -124,12 +124,22 @@ async fn main() -> anyhow::Result<()> {
         .connect(&url)
         .await?;
     let db = format!("okr_scale_{n}");
-    sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
-        .execute(&pool)
-        .await?;
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
-        .execute(&pool)
-        .await?;
+    // --reuse keeps an existing generated database (on DATABASE_URL's
+    // server) and measures only the indexed collector.
+    let (exists,): (bool,) =
+        sqlx::query_as("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&db)
+            .fetch_one(&pool)
+            .await?;
+    let reuse = exists && std::env::args().any(|a| a == "--reuse");
+    if !reuse {
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db}")))
+            .execute(&pool)
+            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db}")))
+            .execute(&pool)
+            .await?;
+    }
     let db_url = match url.rsplit_once('/') {
         Some((base, _)) => format!("{base}/{db}"),
         None => anyhow::bail!("unexpected URL"),
@@ -145,35 +155,8 @@ async fn main() -> anyhow::Result<()> {
         "# collector scale benchmark: {n} follow-ups, {} sessions",
         n * 10
     );
-    let t = Instant::now();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(GENERATE.replace("{n}", &n.to_string())))
-        .execute(&pool)
-        .await
-        .context("generating data")?;
-    sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
-    println!("generated in {}", ms(t.elapsed()));
-    for (table,) in sqlx::query_as::<_, (String,)>(
-        "SELECT relname || ': ' || n_live_tup FROM pg_stat_user_tables ORDER BY relname",
-    )
-    .fetch_all(&pool)
-    .await?
-    {
-        println!("  {table}");
-    }
-
-    // 1. Naive dashboard SQL, no source indexes.
-    let windows = ["1 day", "7 days", "30 days"];
-    let t = Instant::now();
-    for (name, sql) in NAIVE {
-        let q = Instant::now();
-        for w in windows {
-            sqlx::query(*sql).bind(w).execute(&pool).await?;
-        }
-        println!("naive  {name:<28} {}", ms(q.elapsed()));
-    }
-    let naive = t.elapsed();
-    println!("naive cycle (sequential): {}", ms(naive));
-
+    let mut naive = Duration::ZERO;
+    let mut unindexed = Duration::ZERO;
     let mut settings = Settings::for_database(Some(
         DatabaseUrl::parse_arg(&db_url).map_err(anyhow::Error::msg)?,
     ));
@@ -195,13 +178,43 @@ async fn main() -> anyhow::Result<()> {
             took
         }
     };
-    // 2. Collector without source indexes.
-    let unindexed = cycle("collector, no source indexes").await;
-    // 3. With the documented indexes.
-    let t = Instant::now();
-    okr_exporter::db::create_source_indexes(&pool).await?;
-    sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
-    for (line,) in sqlx::query_as::<_, (String,)>(
+    if !reuse {
+        let t = Instant::now();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(GENERATE.replace("{n}", &n.to_string())))
+            .execute(&pool)
+            .await
+            .context("generating data")?;
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
+        println!("generated in {}", ms(t.elapsed()));
+        for (table,) in sqlx::query_as::<_, (String,)>(
+            "SELECT relname || ': ' || n_live_tup FROM pg_stat_user_tables ORDER BY relname",
+        )
+        .fetch_all(&pool)
+        .await?
+        {
+            println!("  {table}");
+        }
+
+        // 1. Naive dashboard SQL, no source indexes.
+        let windows = ["1 day", "7 days", "30 days"];
+        let t = Instant::now();
+        for (name, sql) in NAIVE {
+            let q = Instant::now();
+            for w in windows {
+                sqlx::query(*sql).bind(w).execute(&pool).await?;
+            }
+            println!("naive  {name:<28} {}", ms(q.elapsed()));
+        }
+        naive = t.elapsed();
+        println!("naive cycle (sequential): {}", ms(naive));
+
+        // 2. Collector without source indexes.
+        unindexed = cycle("collector, no source indexes").await;
+        // 3. With the documented indexes.
+        let t = Instant::now();
+        okr_exporter::db::create_source_indexes(&pool).await?;
+        sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
+        for (line,) in sqlx::query_as::<_, (String,)>(
         "SELECT relname || ' relpages=' || relpages || ' relallvisible=' || relallvisible FROM pg_class WHERE relname IN ('followups', 'analytics_sessions')",
     )
     .fetch_all(&pool)
@@ -209,14 +222,15 @@ async fn main() -> anyhow::Result<()> {
     {
         println!("  {line}");
     }
-    println!("source indexes built in {}", ms(t.elapsed()));
-    for (line,) in sqlx::query_as::<_, (String,)>(
+        println!("source indexes built in {}", ms(t.elapsed()));
+        for (line,) in sqlx::query_as::<_, (String,)>(
         "SELECT indexrelname || ': ' || pg_size_pretty(pg_relation_size(indexrelid)) FROM pg_stat_user_indexes WHERE indexrelname LIKE 'okr_%' ORDER BY 1",
     )
     .fetch_all(&pool)
     .await?
     {
         println!("  {line}");
+    }
     }
     let cold = cycle("collector, indexed, first cycle").await;
     let mut steady = Vec::new();

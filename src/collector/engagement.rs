@@ -1,71 +1,88 @@
 //! OKR 3, prospect engagement: unique visitors per follow-up published in
 //! each window, overall and by meeting type, creator region and company.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
+use super::watermark::{Watermarks, current_mark};
 use super::{CollectContext, Family, OkrCollector, ratio};
 
 /// Label value of the companies outside the top N.
 pub const OTHER_COMPANY: &str = "__other__";
 
-// F = follow-ups published in the longest window (partial index
-// okr_followups_published_at_idx). Their distinct visitors come from one
-// grouped pass over their sessions: a nested loop on
-// okr_analytics_sessions_followup_visitor_idx when it exists, a hash join
-// otherwise (a per-row subquery would scan the whole table per follow-up
-// without the index). The grouping sets give every breakdown of every
-// window in one pass. GROUPING(meeting_type, creator_region, company):
-// 7 = window total, 3 = by meeting type, 5 = by region, 6 = by company.
-const SQL: &str = "
-WITH w AS (
-    SELECT label, secs FROM unnest($1::text[], $2::float8[]) AS w(label, secs)
-), f AS MATERIALIZED (
-    SELECT f.id,
-           f.published_at,
-           coalesce(nullif(f.meeting_type, ''), 'unknown') AS meeting_type,
-           coalesce(nullif(f.creator_region, ''), 'unknown') AS creator_region,
-           coalesce(nullif(f.company, ''), 'unknown') AS company
-    FROM followups f
-    WHERE f.published_at > $3 - make_interval(secs => $4)
-      AND f.published_at <= $3
-), v AS (
-    SELECT s.followup_id, count(DISTINCT s.visitor_id) AS visitors
-    FROM analytics_sessions s
-    WHERE s.followup_id IN (SELECT id FROM f) AND s.started_at <= $3
-    GROUP BY s.followup_id
-), fv AS (
-    SELECT f.*, coalesce(v.visitors, 0) AS visitors
-    FROM f LEFT JOIN v ON v.followup_id = f.id
-)
-SELECT w.label,
-       GROUPING(fv.meeting_type, fv.creator_region, fv.company)::int4 AS g,
-       coalesce(CASE GROUPING(fv.meeting_type, fv.creator_region, fv.company)
-                    WHEN 3 THEN fv.meeting_type
-                    WHEN 5 THEN fv.creator_region
-                    WHEN 6 THEN fv.company END, '') AS dim,
-       count(*) AS followups,
-       sum(fv.visitors)::int8 AS visitors,
-       count(*) FILTER (WHERE fv.visitors > 0) AS engaged
-FROM w
-JOIN fv ON fv.published_at > $3 - make_interval(secs => w.secs)
-GROUP BY GROUPING SETS ((w.label),
-                        (w.label, fv.meeting_type),
-                        (w.label, fv.creator_region),
-                        (w.label, fv.company))";
+// F = follow-ups published in the longest window, read whole every run
+// (partial index okr_followups_published_at_idx), so membership and
+// dimensions are always current.
+const F_SQL: &str = "
+SELECT f.id,
+       f.published_at,
+       coalesce(nullif(f.meeting_type, ''), 'unknown'),
+       coalesce(nullif(f.creator_region, ''), 'unknown'),
+       coalesce(nullif(f.company, ''), 'unknown')
+FROM followups f
+WHERE f.published_at > $1 - make_interval(secs => $2)
+  AND f.published_at <= $1";
+
+// Distinct visitors (sessions up to now) of the given follow-ups: index-only
+// lookups on okr_analytics_sessions_followup_visitor_idx, a hash join
+// without it.
+const VISITORS_SQL: &str = "
+SELECT d.followup_id, count(*)
+FROM (SELECT DISTINCT s.followup_id, s.visitor_id
+      FROM analytics_sessions s
+      WHERE s.followup_id = ANY($1) AND s.started_at <= $2) d
+GROUP BY d.followup_id";
+
+// Follow-ups whose visitor counts may have changed since the last run:
+// rows with an id above the watermark (primary key range), and sessions
+// whose start time has come due since then (okr_analytics_sessions_started_at_idx).
+const CHANGED_SQL: &str = "
+SELECT DISTINCT followup_id FROM analytics_sessions WHERE id > $1
+UNION
+SELECT DISTINCT followup_id FROM analytics_sessions WHERE started_at > $2 AND started_at <= $3";
+
+/// Ids per `= ANY($1)` query.
+const CHUNK: usize = 5_000;
 
 /// Collects `okr_engagement_ratio`, `okr_engaged_followups_ratio` and the
 /// breakdowns by meeting type, creator region and (top-N) company.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EngagementCollector;
+///
+/// Keeps each recent follow-up's distinct-visitor count between runs and
+/// re-reads only the follow-ups with new sessions (see
+/// [`watermark`](super::watermark)); a run without a usable watermark
+/// recomputes every count. Either way the result is exact.
+#[derive(Debug, Default)]
+pub struct EngagementCollector {
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    visitors: HashMap<Uuid, i64>,
+    marks: Watermarks,
+    last_now: Option<DateTime<Utc>>,
+}
 
 #[derive(Debug, Default, Clone, Copy)]
 struct Tally {
     followups: i64,
     visitors: i64,
+    engaged: i64,
 }
+
+impl Tally {
+    fn add(&mut self, visitors: i64) {
+        self.followups += 1;
+        self.visitors += visitors;
+        self.engaged += i64::from(visitors > 0);
+    }
+}
+
+type Followup = (Uuid, DateTime<Utc>, String, String, String);
 
 impl OkrCollector for EngagementCollector {
     fn name(&self) -> &'static str {
@@ -78,73 +95,159 @@ impl OkrCollector for EngagementCollector {
         ctx: &'a CollectContext,
     ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
         Box::pin(async move {
-            let (labels, secs) = ctx.window_params();
+            let mut state = self.state.lock().await;
+            // First statement: fixes the transaction's snapshot.
+            let mark = current_mark(&mut *conn).await?;
+            let now = ctx.now;
             let longest = ctx.windows.longest().as_secs_f64();
-            let rows: Vec<(String, i32, String, i64, i64, i64)> = sqlx::query_as(SQL)
-                .bind(&labels)
-                .bind(&secs)
-                .bind(ctx.now)
+            let followups: Vec<Followup> = sqlx::query_as(F_SQL)
+                .bind(now)
                 .bind(longest)
                 .fetch_all(&mut *conn)
                 .await?;
-            let mut overall = Family::new(
-                "okr_engagement_ratio",
-                "Unique prospect visitors per follow-up published in the window: sum over those \
-                 follow-ups of count(distinct analytics_sessions.visitor_id) / their number.",
-            );
-            let mut engaged = Family::new(
-                "okr_engaged_followups_ratio",
-                "Share of follow-ups published in the window with at least one visitor.",
-            );
-            let mut by_meeting = Family::new(
-                "okr_engagement_by_meeting_type_ratio",
-                "okr_engagement_ratio within each meeting type (followups.meeting_type; empty = unknown).",
-            );
-            let mut by_region = Family::new(
-                "okr_engagement_by_creator_region_ratio",
-                "okr_engagement_ratio within each creator region (followups.creator_region; empty = unknown).",
-            );
-            let mut by_company = Family::new(
-                "okr_engagement_by_company_ratio",
-                "okr_engagement_ratio for the top companies by follow-ups published in the window; \
-                 the rest together as company=\"__other__\".",
-            );
-            let mut companies: BTreeMap<String, Vec<(String, Tally)>> = BTreeMap::new();
-            for (window, g, dim, n, visitors, eng) in rows {
-                let tally = Tally {
-                    followups: n,
-                    visitors,
-                };
-                let r = ratio(visitors, n);
-                match g {
-                    7 => {
-                        if let Some(r) = r {
-                            overall.push_window(&window, r);
-                        }
-                        if let Some(e) = ratio(eng, n) {
-                            engaged.push_window(&window, e);
-                        }
-                    }
-                    3 => push_dim(&mut by_meeting, &window, "meeting_type", dim, r),
-                    5 => push_dim(&mut by_region, &window, "creator_region", dim, r),
-                    6 => companies.entry(window).or_default().push((dim, tally)),
-                    _ => {}
-                }
+
+            let incremental = match (state.last_now, state.marks.bound()) {
+                (Some(prev), Some(bound)) if prev <= now => Some((prev, bound)),
+                _ => None,
+            };
+            let changed: HashSet<Uuid> = match incremental {
+                Some((prev, bound)) => sqlx::query_as::<_, (Uuid,)>(CHANGED_SQL)
+                    .bind(bound)
+                    .bind(prev)
+                    .bind(now)
+                    .fetch_all(&mut *conn)
+                    .await?
+                    .into_iter()
+                    .map(|(id,)| id)
+                    .collect(),
+                None => HashSet::new(),
+            };
+            let stale = |id: &Uuid| {
+                incremental.is_none() || changed.contains(id) || !state.visitors.contains_key(id)
+            };
+            let need: Vec<Uuid> = followups
+                .iter()
+                .map(|f| f.0)
+                .filter(|id| stale(id))
+                .collect();
+            let mut fresh: HashMap<Uuid, i64> = HashMap::with_capacity(need.len());
+            for chunk in need.chunks(CHUNK) {
+                let rows: Vec<(Uuid, i64)> = sqlx::query_as(VISITORS_SQL)
+                    .bind(chunk)
+                    .bind(now)
+                    .fetch_all(&mut *conn)
+                    .await?;
+                fresh.extend(rows);
             }
-            for (window, list) in companies {
-                for (company, t) in top_companies(list, ctx.company_top_n) {
-                    push_dim(
-                        &mut by_company,
-                        &window,
-                        "company",
-                        company,
-                        ratio(t.visitors, t.followups),
-                    );
-                }
+            let visitors: HashMap<Uuid, i64> = followups
+                .iter()
+                .map(|f| {
+                    let v = if stale(&f.0) {
+                        fresh.get(&f.0).copied().unwrap_or(0)
+                    } else {
+                        state.visitors.get(&f.0).copied().unwrap_or(0)
+                    };
+                    (f.0, v)
+                })
+                .collect();
+
+            let families = aggregate(ctx, &followups, &visitors);
+            if incremental.is_none() {
+                state.marks.clear();
             }
-            Ok(vec![overall, engaged, by_meeting, by_region, by_company])
+            state.marks.record(mark);
+            state.visitors = visitors;
+            state.last_now = Some(now);
+            Ok(families)
         })
     }
+}
+
+/// The gauge families from F and each follow-up's distinct visitors.
+fn aggregate(
+    ctx: &CollectContext,
+    followups: &[Followup],
+    visitors: &HashMap<Uuid, i64>,
+) -> Vec<Family> {
+    let mut overall = Family::new(
+        "okr_engagement_ratio",
+        "Unique prospect visitors per follow-up published in the window: sum over those \
+         follow-ups of count(distinct analytics_sessions.visitor_id) / their number.",
+    );
+    let mut engaged = Family::new(
+        "okr_engaged_followups_ratio",
+        "Share of follow-ups published in the window with at least one visitor.",
+    );
+    let mut by_meeting = Family::new(
+        "okr_engagement_by_meeting_type_ratio",
+        "okr_engagement_ratio within each meeting type (followups.meeting_type; empty = unknown).",
+    );
+    let mut by_region = Family::new(
+        "okr_engagement_by_creator_region_ratio",
+        "okr_engagement_ratio within each creator region (followups.creator_region; empty = unknown).",
+    );
+    let mut by_company = Family::new(
+        "okr_engagement_by_company_ratio",
+        "okr_engagement_ratio for the top companies by follow-ups published in the window; \
+         the rest together as company=\"__other__\".",
+    );
+    for w in &ctx.windows.0 {
+        let lo = chrono::Duration::from_std(w.duration)
+            .map_or(DateTime::<Utc>::MIN_UTC, |d| ctx.now - d);
+        let mut total = Tally::default();
+        let mut meetings: BTreeMap<&str, Tally> = BTreeMap::new();
+        let mut regions: BTreeMap<&str, Tally> = BTreeMap::new();
+        let mut companies: BTreeMap<&str, Tally> = BTreeMap::new();
+        for (id, published_at, meeting, region, company) in followups {
+            if *published_at <= lo {
+                continue;
+            }
+            let v = visitors.get(id).copied().unwrap_or(0);
+            total.add(v);
+            meetings.entry(meeting).or_default().add(v);
+            regions.entry(region).or_default().add(v);
+            companies.entry(company).or_default().add(v);
+        }
+        let window = w.label.as_str();
+        if let Some(r) = ratio(total.visitors, total.followups) {
+            overall.push_window(window, r);
+        }
+        if let Some(r) = ratio(total.engaged, total.followups) {
+            engaged.push_window(window, r);
+        }
+        for (m, t) in meetings {
+            push_dim(
+                &mut by_meeting,
+                window,
+                "meeting_type",
+                m.to_owned(),
+                ratio(t.visitors, t.followups),
+            );
+        }
+        for (r, t) in regions {
+            push_dim(
+                &mut by_region,
+                window,
+                "creator_region",
+                r.to_owned(),
+                ratio(t.visitors, t.followups),
+            );
+        }
+        let list = companies
+            .into_iter()
+            .map(|(c, t)| (c.to_owned(), t))
+            .collect();
+        for (company, t) in top_companies(list, ctx.company_top_n) {
+            push_dim(
+                &mut by_company,
+                window,
+                "company",
+                company,
+                ratio(t.visitors, t.followups),
+            );
+        }
+    }
+    vec![overall, engaged, by_meeting, by_region, by_company]
 }
 
 fn push_dim(fam: &mut Family, window: &str, key: &'static str, value: String, r: Option<f64>) {
@@ -171,6 +274,7 @@ fn top_companies(mut list: Vec<(String, Tally)>, n: usize) -> Vec<(String, Tally
         let other = rest.iter().fold(Tally::default(), |acc, (_, t)| Tally {
             followups: acc.followups + t.followups,
             visitors: acc.visitors + t.visitors,
+            engaged: acc.engaged + t.engaged,
         });
         list.push((OTHER_COMPANY.to_owned(), other));
     }

@@ -1,28 +1,56 @@
 //! OKR 5, mobile usage: share of analytics sessions started in each window on
 //! a mobile device.
+//!
+//! Keeps the sessions of the longest window in memory (start time and device
+//! class, about 40 bytes each) and adds only the rows new since the last run
+//! (see [`watermark`](super::watermark)); a run without a usable watermark
+//! reloads the window. Either way the counts are exact.
 
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
+use super::watermark::{Watermarks, current_mark};
 use super::{CollectContext, Family, OkrCollector, ratio};
 
-// Index-only range scan of okr_analytics_sessions_started_at_idx per window.
-const SQL: &str = "
-SELECT w.label, x.total, x.mobile, x.tablet, x.desktop
-FROM unnest($1::text[], $2::float8[]) AS w(label, secs)
-CROSS JOIN LATERAL (
-    SELECT count(*) AS total,
-           count(*) FILTER (WHERE s.device_type = 'mobile') AS mobile,
-           count(*) FILTER (WHERE s.device_type = 'tablet') AS tablet,
-           count(*) FILTER (WHERE s.device_type = 'desktop') AS desktop
-    FROM analytics_sessions s
-    WHERE s.started_at > $3 - make_interval(secs => w.secs)
-      AND s.started_at <= $3
-) x";
+/// Device classes, in label order; anything else counts as `other`.
+const DEVICES: [&str; 4] = ["mobile", "tablet", "desktop", "other"];
+
+// Full load: range scan of okr_analytics_sessions_started_at_idx (index-only).
+const WINDOW_SQL: &str = "
+SELECT id, started_at, device_type FROM analytics_sessions
+WHERE started_at > $1";
+
+// Rows above the watermark: primary-key range scan.
+const NEW_SQL: &str = "
+SELECT id, started_at, device_type FROM analytics_sessions
+WHERE id > $1 AND started_at > $2";
 
 /// Collects `okr_mobile_views_ratio` and `okr_views{device_type}`.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct MobileCollector;
+#[derive(Debug, Default)]
+pub struct MobileCollector {
+    state: tokio::sync::Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// (started_at, id) → device class, for sessions after the longest
+    /// window's start (future-dated ones included).
+    sessions: BTreeMap<(DateTime<Utc>, i64), u8>,
+    marks: Watermarks,
+    last_now: Option<DateTime<Utc>>,
+}
+
+fn device_class(device: &str) -> u8 {
+    match device {
+        "mobile" => 0,
+        "tablet" => 1,
+        "desktop" => 2,
+        _ => 3,
+    }
+}
 
 impl OkrCollector for MobileCollector {
     fn name(&self) -> &'static str {
@@ -35,13 +63,44 @@ impl OkrCollector for MobileCollector {
         ctx: &'a CollectContext,
     ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
         Box::pin(async move {
-            let (labels, secs) = ctx.window_params();
-            let rows: Vec<(String, i64, i64, i64, i64)> = sqlx::query_as(SQL)
-                .bind(&labels)
-                .bind(&secs)
-                .bind(ctx.now)
-                .fetch_all(&mut *conn)
-                .await?;
+            let mut state = self.state.lock().await;
+            let mark = current_mark(&mut *conn).await?;
+            let now = ctx.now;
+            let lo = chrono::Duration::from_std(ctx.windows.longest())
+                .map_or(DateTime::<Utc>::MIN_UTC, |d| now - d);
+            let incremental = match (state.last_now, state.marks.bound()) {
+                (Some(prev), Some(bound)) if prev <= now => Some(bound),
+                _ => None,
+            };
+            let rows: Vec<(i64, DateTime<Utc>, String)> = match incremental {
+                Some(bound) => {
+                    sqlx::query_as(NEW_SQL)
+                        .bind(bound)
+                        .bind(lo)
+                        .fetch_all(&mut *conn)
+                        .await?
+                }
+                None => {
+                    sqlx::query_as(WINDOW_SQL)
+                        .bind(lo)
+                        .fetch_all(&mut *conn)
+                        .await?
+                }
+            };
+            // Every query succeeded: update the state.
+            if incremental.is_none() {
+                state.sessions.clear();
+                state.marks.clear();
+            }
+            for (id, started_at, device) in rows {
+                state
+                    .sessions
+                    .insert((started_at, id), device_class(&device));
+            }
+            state.sessions = state.sessions.split_off(&(lo, i64::MAX));
+            state.marks.record(mark);
+            state.last_now = Some(now);
+
             let mut share = Family::new(
                 "okr_mobile_views_ratio",
                 "Share of follow-up page sessions started in the window on a mobile device \
@@ -52,21 +111,22 @@ impl OkrCollector for MobileCollector {
                 "Follow-up page sessions started in the window by device type \
                  (analytics_sessions; unknown device types count as other).",
             );
-            for (window, total, mobile, tablet, desktop) in rows {
-                if let Some(r) = ratio(mobile, total) {
-                    share.push_window(&window, r);
+            for w in &ctx.windows.0 {
+                let from = chrono::Duration::from_std(w.duration)
+                    .map_or(DateTime::<Utc>::MIN_UTC, |d| now - d);
+                let mut counts = [0_i64; 4];
+                for (_, device) in state.sessions.range((from, i64::MAX)..=(now, i64::MAX)) {
+                    counts[usize::from(*device)] += 1;
                 }
-                let other = total - mobile - tablet - desktop;
-                for (device, n) in [
-                    ("mobile", mobile),
-                    ("tablet", tablet),
-                    ("desktop", desktop),
-                    ("other", other),
-                ] {
+                let total: i64 = counts.iter().sum();
+                if let Some(r) = ratio(counts[0], total) {
+                    share.push_window(&w.label, r);
+                }
+                for (device, n) in DEVICES.iter().zip(counts) {
                     views.push(
                         vec![
-                            ("window", window.clone()),
-                            ("device_type", device.to_owned()),
+                            ("window", w.label.clone()),
+                            ("device_type", (*device).to_owned()),
                         ],
                         n as f64,
                     );

@@ -93,7 +93,9 @@ async fn creation_time_errors_change_nothing() {
     let good = json!({"followup_id": id, "duration_seconds": 321.5});
     let path = "/api/okr/creation-time";
 
-    let cases: Vec<(&str, StatusCode, Option<&str>, (StatusCode, Value))> = vec![
+    // (what, expected status, expected field, actual answer)
+    type Case<'a> = (&'a str, StatusCode, Option<&'a str>, (StatusCode, Value));
+    let cases: Vec<Case> = vec![
         (
             "no token",
             StatusCode::UNAUTHORIZED,

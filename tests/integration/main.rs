@@ -1,5 +1,6 @@
 //! Integration tests against a real PostgreSQL, Prometheus and Alertmanager.
 
+mod alerting_e2e;
 mod alerting_rules;
 mod api;
 mod collector;
@@ -7,4 +8,5 @@ mod dashboards;
 mod demo;
 mod foundation;
 mod http_metrics;
+mod incremental;
 mod support;

@@ -1,0 +1,170 @@
+//! The incremental collectors equal a full recomputation on random data,
+//! including rows committed out of id order, late rows with old timestamps,
+//! sessions dated in the future, and follow-ups published after the fact.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, TimeZone, Utc};
+use okr_exporter::collector::{
+    CollectContext, EngagementCollector, Family, MobileCollector, OkrCollector,
+};
+use okr_exporter::config::{Settings, parse_windows};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sqlx::{Connection, PgConnection};
+use uuid::Uuid;
+
+use crate::support::prepared_db;
+
+type Series = BTreeMap<(String, BTreeSet<(String, String)>), f64>;
+
+fn flatten(families: Vec<Family>) -> Series {
+    let mut m = BTreeMap::new();
+    for f in families {
+        for s in f.samples {
+            let labels = s
+                .labels
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            m.insert((f.name.to_owned(), labels), s.value);
+        }
+    }
+    m
+}
+
+async fn collect(c: &dyn OkrCollector, conn: &mut PgConnection, ctx: &CollectContext) -> Series {
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let out = c.collect(conn, ctx).await.unwrap();
+    sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
+    flatten(out)
+}
+
+fn assert_close(a: &Series, b: &Series, what: &str) {
+    assert_eq!(
+        a.keys().collect::<Vec<_>>(),
+        b.keys().collect::<Vec<_>>(),
+        "{what}: series differ"
+    );
+    for (k, v) in a {
+        assert!(
+            (v - b[k]).abs() < 1e-9,
+            "{what}: {k:?} incremental {v} vs full {}",
+            b[k]
+        );
+    }
+}
+
+const DEVICES: [&str; 5] = ["mobile", "desktop", "tablet", "smart-tv", "Mobile"];
+
+async fn insert_sessions(
+    conn: &mut PgConnection,
+    rng: &mut StdRng,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+    n: usize,
+) {
+    for _ in 0..n {
+        let f = ids[rng.random_range(0..ids.len())];
+        // Mostly recent, some late rows dated weeks back, some in the future.
+        let offset = match rng.random_range(0..10) {
+            0 => Duration::minutes(rng.random_range(1..180)),
+            1 => -Duration::days(rng.random_range(8..40)),
+            _ => -Duration::minutes(rng.random_range(0..6 * 60)),
+        };
+        sqlx::query(
+            "INSERT INTO analytics_sessions (followup_id, visitor_id, device_type, started_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(f)
+        .bind(format!("v{}", rng.random_range(0..25)))
+        .bind(DEVICES[rng.random_range(0..DEVICES.len())])
+        .bind(now + offset)
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn incremental_collectors_equal_full_recomputation() {
+    let db = prepared_db().await;
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut main = PgConnection::connect(&db.url).await.unwrap();
+    let mut writer = PgConnection::connect(&db.url).await.unwrap();
+    let mut slow = PgConnection::connect(&db.url).await.unwrap();
+    let mut settings = Settings::for_database(None);
+    settings.windows = parse_windows("1h,1d,7d,30d").unwrap();
+    settings.company_top_n = 3;
+
+    let engagement = EngagementCollector::default();
+    let mobile = MobileCollector::default();
+    let mut ids: Vec<Uuid> = Vec::new();
+    let mut now = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
+    let mut slow_open = false;
+
+    for round in 0..30 {
+        now += Duration::minutes(rng.random_range(1..90));
+        // New follow-ups, some published now, some drafts, some published in the future.
+        for _ in 0..rng.random_range(1..6) {
+            let id = Uuid::new_v4();
+            let created = now - Duration::days(rng.random_range(0..35));
+            let published = match rng.random_range(0..4) {
+                0 => None,
+                1 => Some(now + Duration::minutes(rng.random_range(1..120))),
+                _ => Some(created + Duration::minutes(rng.random_range(1..30))),
+            };
+            sqlx::query(
+                "INSERT INTO followups (id, creator_id, company, meeting_type, creator_region, status, created_at, published_at)
+                 VALUES ($1, $2, $3, $4, $5, 'published', $6, $7)",
+            )
+            .bind(id)
+            .bind(format!("c{}", rng.random_range(0..5)))
+            .bind(["A", "B", "C", "D", ""][rng.random_range(0..5)])
+            .bind([Some("demo"), None, Some("renewal")][rng.random_range(0..3)])
+            .bind(["EMEA", "NA"][rng.random_range(0..2)])
+            .bind(created)
+            .bind(published)
+            .execute(&mut writer)
+            .await
+            .unwrap();
+            ids.push(id);
+        }
+        // A draft gets published after the fact.
+        if round % 4 == 1 {
+            sqlx::query("UPDATE followups SET published_at = $1 WHERE published_at IS NULL AND id = (SELECT id FROM followups WHERE published_at IS NULL LIMIT 1)")
+                .bind(now - Duration::minutes(5))
+                .execute(&mut writer)
+                .await
+                .unwrap();
+        }
+        // A transaction takes ids first and commits after others (out of order).
+        if !slow_open && round % 3 == 0 {
+            sqlx::query("BEGIN").execute(&mut slow).await.unwrap();
+            insert_sessions(&mut slow, &mut rng, &ids, now, 5).await;
+            slow_open = true;
+        }
+        let n = rng.random_range(0..15);
+        insert_sessions(&mut writer, &mut rng, &ids, now, n).await;
+        if slow_open && round % 3 == 2 {
+            sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
+            slow_open = false;
+        }
+
+        let ctx = CollectContext::new(now, &settings);
+        for (inc, name) in [
+            (&engagement as &dyn OkrCollector, "engagement"),
+            (&mobile, "mobile"),
+        ] {
+            let incremental = collect(inc, &mut main, &ctx).await;
+            let full = if name == "engagement" {
+                collect(&EngagementCollector::default(), &mut main, &ctx).await
+            } else {
+                collect(&MobileCollector::default(), &mut main, &ctx).await
+            };
+            assert_close(&incremental, &full, &format!("round {round} {name}"));
+        }
+    }
+}
