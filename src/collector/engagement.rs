@@ -58,6 +58,15 @@ const CHUNK: usize = 5_000;
 #[derive(Debug, Default)]
 pub struct EngagementCollector {
     state: tokio::sync::Mutex<State>,
+    incremental_runs: std::sync::atomic::AtomicU64,
+}
+
+impl EngagementCollector {
+    /// Runs that updated the previous state instead of recomputing it.
+    pub fn incremental_runs(&self) -> u64 {
+        self.incremental_runs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -152,10 +161,13 @@ impl OkrCollector for EngagementCollector {
                 .collect();
 
             let families = aggregate(ctx, &followups, &visitors);
-            if incremental.is_none() {
-                state.marks.clear();
-            }
+            // Earlier marks stay valid after a full recomputation: they are
+            // facts about earlier snapshots, and the next bound needs them.
             state.marks.record(mark);
+            if incremental.is_some() {
+                self.incremental_runs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             state.visitors = visitors;
             state.last_now = Some(now);
             Ok(families)

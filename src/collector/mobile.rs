@@ -32,6 +32,15 @@ WHERE id > $1 AND started_at > $2";
 #[derive(Debug, Default)]
 pub struct MobileCollector {
     state: tokio::sync::Mutex<State>,
+    incremental_runs: std::sync::atomic::AtomicU64,
+}
+
+impl MobileCollector {
+    /// Runs that updated the previous state instead of recomputing it.
+    pub fn incremental_runs(&self) -> u64 {
+        self.incremental_runs
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -90,7 +99,6 @@ impl OkrCollector for MobileCollector {
             // Every query succeeded: update the state.
             if incremental.is_none() {
                 state.sessions.clear();
-                state.marks.clear();
             }
             for (id, started_at, device) in rows {
                 state
@@ -99,6 +107,10 @@ impl OkrCollector for MobileCollector {
             }
             state.sessions = state.sessions.split_off(&(lo, i64::MAX));
             state.marks.record(mark);
+            if incremental.is_some() {
+                self.incremental_runs
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             state.last_now = Some(now);
 
             let mut share = Family::new(

@@ -73,11 +73,6 @@ impl Watermarks {
         }
         self.runs.push_back(mark);
     }
-
-    /// Forgets every run (after a reset).
-    pub fn clear(&mut self) {
-        self.runs.clear();
-    }
 }
 
 #[cfg(test)]

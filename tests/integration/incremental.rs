@@ -167,4 +167,16 @@ async fn incremental_collectors_equal_full_recomputation() {
             assert_close(&incremental, &full, &format!("round {round} {name}"));
         }
     }
+    // Most runs took the incremental path (the others had a transaction
+    // open across runs, or no earlier run to start from).
+    assert!(
+        engagement.incremental_runs() >= 15,
+        "{}",
+        engagement.incremental_runs()
+    );
+    assert!(
+        mobile.incremental_runs() >= 15,
+        "{}",
+        mobile.incremental_runs()
+    );
 }
