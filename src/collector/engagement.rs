@@ -160,6 +160,14 @@ impl OkrCollector for EngagementCollector {
                 })
                 .collect();
 
+            tracing::debug!(
+                incremental = incremental.is_some(),
+                followups = followups.len(),
+                changed = changed.len(),
+                recomputed = need.len(),
+                ?mark,
+                "engagement run"
+            );
             let families = aggregate(ctx, &followups, &visitors);
             // Earlier marks stay valid after a full recomputation: they are
             // facts about earlier snapshots, and the next bound needs them.

@@ -96,6 +96,12 @@ impl OkrCollector for MobileCollector {
                         .await?
                 }
             };
+            tracing::debug!(
+                incremental = incremental.is_some(),
+                rows = rows.len(),
+                ?mark,
+                "mobile run"
+            );
             // Every query succeeded: update the state.
             if incremental.is_none() {
                 state.sessions.clear();

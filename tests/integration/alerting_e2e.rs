@@ -485,18 +485,25 @@ fn alert_key(labels: &Value) -> AlertKey {
     )
 }
 
-fn key(alertname: &str, severity: &str, patch: bool, long_window: &str) -> AlertKey {
-    let (method, route) = if patch {
-        ("PATCH", "/api/followups/{id}")
-    } else {
-        ("", "")
-    };
+/// An alert on PATCH /api/followups/{id}.
+fn patch_alert(alertname: &str, severity: &str, long_window: &str) -> AlertKey {
     (
         alertname.to_owned(),
         severity.to_owned(),
-        method.to_owned(),
-        route.to_owned(),
+        "PATCH".to_owned(),
+        "/api/followups/{id}".to_owned(),
         long_window.to_owned(),
+    )
+}
+
+/// An alert without endpoint labels.
+fn plain_alert(alertname: &str, severity: &str) -> AlertKey {
+    (
+        alertname.to_owned(),
+        severity.to_owned(),
+        String::new(),
+        String::new(),
+        String::new(),
     )
 }
 
@@ -706,13 +713,12 @@ async fn prometheus_and_alertmanager_deliver_exactly_the_expected_alerts() {
     // - Nothing else: no 5xx, the other endpoints are fast, every other OKR
     //   is healthy, every series OKRSeriesAbsent needs is present, the
     //   collectors succeed and targets match the SLO table.
-    let patch = true;
-    let p95_warning = key("FollowUpAPILatencyP95High", "warning", patch, "");
-    let draft_floor = key("OKRDraftCompletionBelowFloor", "warning", !patch, "");
-    let burn_1h = key("FollowUpAPILatencyBudgetBurn", "critical", patch, "1h");
-    let burn_6h = key("FollowUpAPILatencyBudgetBurn", "critical", patch, "6h");
-    let burn_1d = key("FollowUpAPILatencyBudgetBurn", "warning", patch, "1d");
-    let burn_3d = key("FollowUpAPILatencyBudgetBurn", "warning", patch, "3d");
+    let draft_floor = plain_alert("OKRDraftCompletionBelowFloor", "warning");
+    let p95_warning = patch_alert("FollowUpAPILatencyP95High", "warning", "");
+    let burn_1h = patch_alert("FollowUpAPILatencyBudgetBurn", "critical", "1h");
+    let burn_6h = patch_alert("FollowUpAPILatencyBudgetBurn", "critical", "6h");
+    let burn_1d = patch_alert("FollowUpAPILatencyBudgetBurn", "warning", "1d");
+    let burn_3d = patch_alert("FollowUpAPILatencyBudgetBurn", "warning", "3d");
     let mut expected: BTreeMap<String, BTreeSet<AlertKey>> = BTreeMap::new();
     expected.insert(
         "/team-channel".to_owned(),
