@@ -11,9 +11,12 @@
 CREATE INDEX CONCURRENTLY IF NOT EXISTS okr_followups_created_at_idx
     ON followups (created_at) INCLUDE (creator_id, published_at, deleted_at);
 
--- Engagement, adoption (published in window): partial, so drafts cost nothing.
+-- Engagement, adoption (published in window): partial, so drafts cost
+-- nothing; the INCLUDE columns let both read the window from the index
+-- alone (the engagement breakdown dimensions and the adoption creator).
 CREATE INDEX CONCURRENTLY IF NOT EXISTS okr_followups_published_at_idx
-    ON followups (published_at) INCLUDE (creator_id)
+    ON followups (published_at)
+    INCLUDE (creator_id, created_at, meeting_type, creator_region, company)
     WHERE published_at IS NOT NULL;
 
 -- Mobile usage (sessions started in window, by device type).

@@ -31,6 +31,7 @@ fn fmt_value(unit: &str, v: f64) -> String {
         "seconds" if v >= 60.0 => format!("{:.1} min", v / 60.0),
         "seconds" => format!("{v:.1} s"),
         "ratio" if v <= 1.0 => format!("{:.1} %", v * 100.0),
+        "visitors per follow-up" => format!("{v:.2} visitors per follow-up"),
         _ => format!("{v:.3}"),
     }
 }

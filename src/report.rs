@@ -69,7 +69,7 @@ pub struct OkrLine {
     pub name: String,
     /// The series the value comes from.
     pub metric: String,
-    /// Unit (`seconds` or `ratio`).
+    /// Unit (`seconds`, `ratio` or `visitors per follow-up`).
     pub unit: String,
     /// The value, absent when the window has no samples.
     pub value: Option<f64>,
@@ -120,7 +120,7 @@ const OKRS: [OkrDef; 5] = [
         name: "Prospect engagement (unique visitors per follow-up)",
         metric: "okr_engagement_ratio",
         extra: None,
-        unit: "ratio",
+        unit: "visitors per follow-up",
         comparison: Comparison::AtLeast,
         target: |t| t.engagement_ratio,
         tracked_only: false,
@@ -208,7 +208,7 @@ pub fn adoption(store: &SnapshotStore, window: &str) -> BTreeMap<String, f64> {
     }
     for status in ["draft", "published", "deleted"] {
         if let Some(v) = store.value("okr_followups", &[("status", status)]) {
-            out.insert(format!("followups_{status}"), v);
+            out.insert(format!("followups_all_time_{status}"), v);
         }
     }
     out

@@ -61,32 +61,46 @@ impl OkrCollector for AdoptionCollector {
                 "okr_repeat_creators_ratio",
                 "Creators with two or more follow-ups created in the window / creators with at least one.",
             );
+            // One pass: per creator, follow-ups created in each window
+            // (-1 marks "only published there").
             let now = ctx.now;
-            for w in &ctx.windows.0 {
-                let lo = chrono::Duration::from_std(w.duration)
-                    .map_or(DateTime::<Utc>::MIN_UTC, |d| now - d);
-                let inside = |t: DateTime<Utc>| t > lo && t <= now;
-                let (mut n_created, mut n_published) = (0_i64, 0_i64);
-                // creator → follow-ups created in the window (0 = only published).
-                let mut creators: HashMap<&str, i64> = HashMap::new();
-                for (creator, created_at, published_at) in &rows {
+            let starts: Vec<DateTime<Utc>> = ctx
+                .windows
+                .0
+                .iter()
+                .map(|w| {
+                    chrono::Duration::from_std(w.duration)
+                        .map_or(DateTime::<Utc>::MIN_UTC, |d| now - d)
+                })
+                .collect();
+            let n = starts.len();
+            let mut n_created = vec![0_i64; n];
+            let mut n_published = vec![0_i64; n];
+            let mut creators: HashMap<&str, Vec<i64>> = HashMap::new();
+            for (creator, created_at, published_at) in &rows {
+                let entry = creators
+                    .entry(creator.as_str())
+                    .or_insert_with(|| vec![-1; n]);
+                for i in 0..n {
+                    let inside = |t: DateTime<Utc>| t > starts[i] && t <= now;
                     let c = inside(*created_at);
                     let p = published_at.is_some_and(inside);
+                    n_created[i] += i64::from(c);
+                    n_published[i] += i64::from(p);
                     if c {
-                        n_created += 1;
-                    }
-                    if p {
-                        n_published += 1;
-                    }
-                    if c || p {
-                        *creators.entry(creator.as_str()).or_default() += i64::from(c);
+                        entry[i] = entry[i].max(0) + 1;
+                    } else if p {
+                        entry[i] = entry[i].max(0);
                     }
                 }
-                let with_one = creators.values().filter(|n| **n >= 1).count() as i64;
-                let with_two = creators.values().filter(|n| **n >= 2).count() as i64;
-                created.push_window(&w.label, n_created as f64);
-                published.push_window(&w.label, n_published as f64);
-                active.push_window(&w.label, creators.len() as f64);
+            }
+            for (i, w) in ctx.windows.0.iter().enumerate() {
+                let active_n = creators.values().filter(|c| c[i] >= 0).count() as i64;
+                let with_one = creators.values().filter(|c| c[i] >= 1).count() as i64;
+                let with_two = creators.values().filter(|c| c[i] >= 2).count() as i64;
+                created.push_window(&w.label, n_created[i] as f64);
+                published.push_window(&w.label, n_published[i] as f64);
+                active.push_window(&w.label, active_n as f64);
                 if let Some(r) = ratio(with_two, with_one) {
                     repeat.push_window(&w.label, r);
                 }

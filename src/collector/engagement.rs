@@ -1,7 +1,7 @@
 //! OKR 3, prospect engagement: unique visitors per follow-up published in
 //! each window, overall and by meeting type, creator region and company.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use futures_util::future::BoxFuture;
@@ -211,51 +211,79 @@ fn aggregate(
         "okr_engagement_ratio for the top companies by follow-ups published in the window; \
          the rest together as company=\"__other__\".",
     );
-    for w in &ctx.windows.0 {
-        let lo = chrono::Duration::from_std(w.duration)
-            .map_or(DateTime::<Utc>::MIN_UTC, |d| ctx.now - d);
-        let mut total = Tally::default();
-        let mut meetings: BTreeMap<&str, Tally> = BTreeMap::new();
-        let mut regions: BTreeMap<&str, Tally> = BTreeMap::new();
-        let mut companies: BTreeMap<&str, Tally> = BTreeMap::new();
-        for (id, published_at, meeting, region, company) in followups {
-            if *published_at <= lo {
-                continue;
-            }
-            let v = visitors.get(id).copied().unwrap_or(0);
-            total.add(v);
-            meetings.entry(meeting).or_default().add(v);
-            regions.entry(region).or_default().add(v);
-            companies.entry(company).or_default().add(v);
+    // One pass over F: each follow-up adds to every window it falls in, with
+    // one hash lookup per dimension (a lookup per window and dimension cost
+    // three times as much at 1M follow-ups).
+    let starts: Vec<DateTime<Utc>> = ctx
+        .windows
+        .0
+        .iter()
+        .map(|w| {
+            chrono::Duration::from_std(w.duration).map_or(DateTime::<Utc>::MIN_UTC, |d| ctx.now - d)
+        })
+        .collect();
+    let n = starts.len();
+    let mut totals = vec![Tally::default(); n];
+    let mut meetings: HashMap<&str, Vec<Tally>> = HashMap::new();
+    let mut regions: HashMap<&str, Vec<Tally>> = HashMap::new();
+    let mut companies: HashMap<&str, Vec<Tally>> = HashMap::new();
+    for (id, published_at, meeting, region, company) in followups {
+        let v = visitors.get(id).copied().unwrap_or(0);
+        let inside: Vec<usize> = (0..n).filter(|&i| *published_at > starts[i]).collect();
+        if inside.is_empty() {
+            continue;
         }
+        let m = meetings
+            .entry(meeting)
+            .or_insert_with(|| vec![Tally::default(); n]);
+        for &i in &inside {
+            m[i].add(v);
+        }
+        let r = regions
+            .entry(region)
+            .or_insert_with(|| vec![Tally::default(); n]);
+        for &i in &inside {
+            r[i].add(v);
+        }
+        let c = companies
+            .entry(company)
+            .or_insert_with(|| vec![Tally::default(); n]);
+        for &i in &inside {
+            c[i].add(v);
+            totals[i].add(v);
+        }
+    }
+    for (i, w) in ctx.windows.0.iter().enumerate() {
         let window = w.label.as_str();
+        let total = totals[i];
         if let Some(r) = ratio(total.visitors, total.followups) {
             overall.push_window(window, r);
         }
         if let Some(r) = ratio(total.engaged, total.followups) {
             engaged.push_window(window, r);
         }
-        for (m, t) in meetings {
+        for (m, t) in meetings.iter().filter(|(_, t)| t[i].followups > 0) {
             push_dim(
                 &mut by_meeting,
                 window,
                 "meeting_type",
-                m.to_owned(),
-                ratio(t.visitors, t.followups),
+                (*m).to_owned(),
+                ratio(t[i].visitors, t[i].followups),
             );
         }
-        for (r, t) in regions {
+        for (r, t) in regions.iter().filter(|(_, t)| t[i].followups > 0) {
             push_dim(
                 &mut by_region,
                 window,
                 "creator_region",
-                r.to_owned(),
-                ratio(t.visitors, t.followups),
+                (*r).to_owned(),
+                ratio(t[i].visitors, t[i].followups),
             );
         }
         let list = companies
-            .into_iter()
-            .map(|(c, t)| (c.to_owned(), t))
+            .iter()
+            .filter(|(_, t)| t[i].followups > 0)
+            .map(|(c, t)| ((*c).to_owned(), t[i]))
             .collect();
         for (company, t) in top_companies(list, ctx.company_top_n) {
             push_dim(

@@ -472,6 +472,16 @@ async fn report_landing_page_and_metrics_agree() {
         report["adoption"]["followups_created"].as_f64(),
         metrics.get("okr_followups_created{window=\"7d\"}").copied()
     );
+    assert_eq!(
+        report["adoption"]["followups_published"].as_f64(),
+        metrics
+            .get("okr_followups_published{window=\"7d\"}")
+            .copied()
+    );
+    assert_eq!(
+        report["adoption"]["followups_all_time_published"].as_f64(),
+        metrics.get("okr_followups{status=\"published\"}").copied()
+    );
 
     // CSV: header, text/csv, a file name, and the same values.
     let resp = reqwest::get(format!("{}/api/okr/report?window=7d&format=csv", ex.base))
