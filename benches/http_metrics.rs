@@ -17,12 +17,19 @@
 //!   prometheus-client's `Family<_, Histogram>` and `Family<_, Gauge>`;
 //! - `axum_prometheus`: axum-prometheus's `PrometheusMetricLayer`.
 //!
+//! The `layer_only` cases wrap a service that answers at once instead of a
+//! router, with `MatchedPath` set on the request as axum would: the
+//! middleware's own cost, without the router's.
+//!
 //! Each runs on one thread and on two threads hitting the same route (time
 //! per request as seen by each thread). Allocations per request are counted
-//! with a per-thread counting allocator and printed before the timings.
+//! with a per-thread counting allocator and printed first, then a paired
+//! comparison (all cases interleaved in rounds, differences taken within a
+//! round), then the criterion groups.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::{Pin, pin};
@@ -258,7 +265,7 @@ where
     }
 }
 
-// ---- the cases -------------------------------------------------------------
+// ---- the subjects ----------------------------------------------------------
 
 const ROUTE: &str = "/api/followups/{id}";
 
@@ -266,12 +273,47 @@ async fn handler() -> &'static str {
     "ok"
 }
 
+/// Serves one request per call.
+type Runner = Box<dyn FnMut() -> usize + Send>;
+
+/// A benchmark case: makes one runner per thread.
 struct Case {
     name: &'static str,
-    router: Router,
+    make: Box<dyn Fn() -> Runner + Sync>,
 }
 
-fn cases() -> Vec<Case> {
+impl Case {
+    fn router(name: &'static str, router: Router) -> Self {
+        Self {
+            name,
+            make: Box::new(move || {
+                let mut router = router.clone();
+                Box::new(move || request(&mut router))
+            }),
+        }
+    }
+
+    fn service<S>(name: &'static str, service: S, matched_path: MatchedPath) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        Self {
+            name,
+            make: Box::new(move || {
+                let mut service = service.clone();
+                let matched_path = matched_path.clone();
+                Box::new(move || call_service(&mut service, &matched_path))
+            }),
+        }
+    }
+}
+
+/// The whole stack: an axum router with one `GET /api/followups/{id}` route.
+fn router_cases() -> Vec<Case> {
     let mut registry = Registry::default();
     let metrics = HttpMetricsLayer::new(&mut registry);
     let mut naive_registry = Registry::default();
@@ -283,38 +325,65 @@ fn cases() -> Vec<Case> {
     // connection.
     let prepared = |router: Router| router.with_state(());
     vec![
-        Case {
-            name: "bare",
-            router: prepared(routes()),
-        },
-        Case {
-            name: "empty_layer",
-            router: prepared(routes().layer(PassThroughLayer)),
-        },
-        Case {
-            name: "metrics_layer",
-            router: prepared(routes().layer(metrics.clone())),
-        },
-        Case {
-            name: "empty_handler_layer",
-            router: prepared(Router::new().route(
+        Case::router("bare", prepared(routes())),
+        Case::router("empty_layer", prepared(routes().layer(PassThroughLayer))),
+        Case::router("metrics_layer", prepared(routes().layer(metrics.clone()))),
+        Case::router(
+            "empty_handler_layer",
+            prepared(Router::new().route(
                 ROUTE,
                 get(handler.layer(StatefulPassThroughLayer(Arc::new(())))),
             )),
-        },
-        Case {
-            name: "metrics_handler_layer",
-            router: prepared(Router::new().route(ROUTE, get(handler.layer(metrics)))),
-        },
-        Case {
-            name: "naive_prometheus_client",
-            router: prepared(routes().layer(naive)),
-        },
-        Case {
-            name: "axum_prometheus",
-            router: prepared(routes().layer(axum_prometheus)),
-        },
+        ),
+        Case::router(
+            "metrics_handler_layer",
+            prepared(Router::new().route(ROUTE, get(handler.layer(metrics)))),
+        ),
+        Case::router("naive_prometheus_client", prepared(routes().layer(naive))),
+        Case::router("axum_prometheus", prepared(routes().layer(axum_prometheus))),
     ]
+}
+
+/// The layers alone around a service that answers at once, with the request's
+/// `MatchedPath` set as axum would: the middleware's own cost without the
+/// router's (and its noise).
+fn layer_only_cases() -> Vec<Case> {
+    let matched_path = captured_matched_path();
+    let inner = tower::service_fn(|_: Request<Body>| {
+        std::future::ready(Ok::<_, Infallible>(Response::new(Body::empty())))
+    });
+    let mut registry = Registry::default();
+    let metrics = HttpMetricsLayer::new(&mut registry);
+    let mut naive_registry = Registry::default();
+    let naive = NaiveLayer::new(&mut naive_registry);
+    vec![
+        Case::service(
+            "empty_layer",
+            PassThroughLayer.layer(inner),
+            matched_path.clone(),
+        ),
+        Case::service("metrics_layer", metrics.layer(inner), matched_path.clone()),
+        Case::service("naive_prometheus_client", naive.layer(inner), matched_path),
+    ]
+}
+
+/// A `MatchedPath` for [`ROUTE`], taken from a real request (it has no public
+/// constructor).
+fn captured_matched_path() -> MatchedPath {
+    let captured = Arc::new(std::sync::Mutex::new(None));
+    let slot = Arc::clone(&captured);
+    let mut router: Router = Router::new().route(
+        ROUTE,
+        get(move |path: MatchedPath| {
+            if let Ok(mut slot) = slot.lock() {
+                *slot = Some(path);
+            }
+            std::future::ready("ok")
+        }),
+    );
+    request(&mut router);
+    let path = captured.lock().ok().and_then(|mut slot| slot.take());
+    path.expect("handler saw the matched path")
 }
 
 /// One request: build it, call the router, drain the body, drop it all.
@@ -323,10 +392,30 @@ fn request(router: &mut Router) -> usize {
     let request = Request::get("/api/followups/42")
         .body(Body::empty())
         .expect("static request is valid");
+    respond(Service::<Request<Body>>::call(router, request))
+}
+
+/// One request straight to a service, `MatchedPath` included.
+#[inline]
+fn call_service<S>(service: &mut S, matched_path: &MatchedPath) -> usize
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    let mut request = Request::new(Body::empty());
+    request.extensions_mut().insert(matched_path.clone());
+    respond(service.call(request))
+}
+
+/// Polls a response future that is ready at once and drains the body.
+#[inline]
+fn respond<F>(future: F) -> usize
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
     let mut cx = Context::from_waker(Waker::noop());
-    let mut future = pin!(Service::<Request<Body>>::call(router, request));
+    let mut future = pin!(future);
     let Poll::Ready(Ok(response)) = future.as_mut().poll(&mut cx) else {
-        panic!("handler completes without waiting");
+        panic!("the response is ready without waiting");
     };
     let mut body = response.into_body();
     let mut bytes = 0;
@@ -336,32 +425,51 @@ fn request(router: &mut Router) -> usize {
     bytes
 }
 
-fn allocations_per_request(router: &mut Router) -> f64 {
+fn allocations_per_request(case: &Case) -> f64 {
     const N: u64 = 10_000;
+    let mut run = (case.make)();
     for _ in 0..100 {
-        request(router);
+        run();
     }
     let before = ALLOCATIONS.with(Cell::get);
     for _ in 0..N {
-        black_box(request(router));
+        black_box(run());
     }
     (ALLOCATIONS.with(Cell::get) - before) as f64 / N as f64
 }
 
-/// Wall time for each of two threads to make `iters` requests on the same
-/// route at the same time (the slower thread's time).
-fn two_threads(router: &Router, iters: u64) -> Duration {
+/// Keeps a benchmark thread on one CPU, so that the two threads of a
+/// contended case really run on two cores and nothing migrates mid-round.
+#[cfg(target_os = "linux")]
+fn pin_to_cpu(cpu: usize) {
+    // SAFETY: `set` is a plain bitmask owned by this frame; the call only
+    // reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn pin_to_cpu(_cpu: usize) {}
+
+/// Wall time for each of two threads, one per CPU, to make `iters` requests
+/// on the same route at the same time (the slower thread's time).
+fn two_threads(case: &Case, iters: u64) -> Duration {
     let barrier = Barrier::new(2);
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..2)
-            .map(|_| {
-                let mut router = router.clone();
+            .map(|cpu| {
                 let barrier = &barrier;
                 scope.spawn(move || {
+                    pin_to_cpu(cpu);
+                    let mut run = (case.make)();
+                    run();
                     barrier.wait();
                     let start = Instant::now();
                     for _ in 0..iters {
-                        black_box(request(&mut router));
+                        black_box(run());
                     }
                     start.elapsed()
                 })
@@ -375,6 +483,90 @@ fn two_threads(router: &Router, iters: u64) -> Duration {
     })
 }
 
+/// Runs every case `per_round` times per round, rotating the order each
+/// round, and returns ns/request per case per round. Differences between
+/// cases are taken within a round, so slow drifts of a shared machine cancel
+/// out instead of landing on whichever case ran during a disturbance.
+fn paired_rounds(cases: &[Case], threads: usize, rounds: usize, per_round: u64) -> Vec<Vec<f64>> {
+    let mut runners: Vec<Runner> = cases.iter().map(|case| (case.make)()).collect();
+    let mut results = vec![Vec::with_capacity(rounds); cases.len()];
+    for round in 0..rounds {
+        for k in 0..cases.len() {
+            let i = (round + k) % cases.len();
+            let elapsed = if threads == 1 {
+                let run = &mut runners[i];
+                let start = Instant::now();
+                for _ in 0..per_round {
+                    black_box(run());
+                }
+                start.elapsed()
+            } else {
+                two_threads(&cases[i], per_round)
+            };
+            results[i].push(elapsed.as_nanos() as f64 / per_round as f64);
+        }
+    }
+    results
+}
+
+fn quantile(values: &[f64], q: f64) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let index = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[index]
+}
+
+/// Prints median ns/request per case and the median (and interquartile
+/// range) of its per-round difference to `reference` cases.
+fn print_paired(title: &str, cases: &[Case], results: &[Vec<f64>], references: &[&str]) {
+    let references: Vec<(usize, &str)> = references
+        .iter()
+        .filter_map(|name| Some((cases.iter().position(|c| c.name == *name)?, *name)))
+        .collect();
+    println!("{title}: median ns/request; per-round difference: median [p25, p75]");
+    print!("  {:<24} {:>7}", "case", "ns/req");
+    for (_, name) in &references {
+        print!("   {:>24}", format!("over {name}"));
+    }
+    println!();
+    for (i, case) in cases.iter().enumerate() {
+        print!("  {:<24} {:>7.0}", case.name, quantile(&results[i], 0.5));
+        for (reference, _) in &references {
+            let diff: Vec<f64> = results[i]
+                .iter()
+                .zip(&results[*reference])
+                .map(|(x, y)| x - y)
+                .collect();
+            print!(
+                "   {:>6.0} [{:>6.0}, {:>6.0}]",
+                quantile(&diff, 0.5),
+                quantile(&diff, 0.25),
+                quantile(&diff, 0.75)
+            );
+        }
+        println!();
+    }
+}
+
+/// Parameters of one paired comparison.
+struct PairedRun {
+    what: &'static str,
+    threads: usize,
+    rounds: usize,
+    per_round: u64,
+}
+
+impl PairedRun {
+    fn new(what: &'static str, threads: usize, rounds: usize, per_round: u64) -> Self {
+        Self {
+            what,
+            threads,
+            rounds,
+            per_round,
+        }
+    }
+}
+
 fn benches(c: &mut Criterion) {
     // axum-prometheus spawns its upkeep task on the ambient tokio runtime.
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -383,27 +575,71 @@ fn benches(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let _entered = runtime.enter();
-    let mut cases = cases();
+    pin_to_cpu(0);
+    let router_cases = router_cases();
+    let layer_cases = layer_only_cases();
 
     println!("allocations per request (request building included):");
-    for case in &mut cases {
-        let allocations = allocations_per_request(&mut case.router);
-        println!("  {:<24} {allocations:>6.2}", case.name);
+    for case in &router_cases {
+        println!(
+            "  router/{:<24} {:>6.2}",
+            case.name,
+            allocations_per_request(case)
+        );
+    }
+    for case in &layer_cases {
+        println!(
+            "  layer_only/{:<20} {:>6.2}",
+            case.name,
+            allocations_per_request(case)
+        );
     }
 
-    let mut group = c.benchmark_group("request_1_thread");
-    for case in &mut cases {
-        group.bench_function(case.name, |b| b.iter(|| request(&mut case.router)));
+    // `cargo test --benches` runs this without `--bench`: a smoke test.
+    let scale = if std::env::args().any(|a| a == "--bench") {
+        1
+    } else {
+        100
+    };
+    let runs = [
+        (PairedRun::new("router", 1, 301, 2_000), &router_cases),
+        (PairedRun::new("router", 2, 201, 2_000), &router_cases),
+        (PairedRun::new("layer only", 1, 301, 5_000), &layer_cases),
+        (PairedRun::new("layer only", 2, 201, 5_000), &layer_cases),
+    ];
+    // A criterion filter (`cargo bench --bench http_metrics -- <filter>`)
+    // selects single cases; the paired comparison then is skipped.
+    let filtered = std::env::args().skip(1).any(|a| !a.starts_with('-'));
+    for (run, cases) in runs.into_iter().filter(|_| !filtered) {
+        let PairedRun {
+            what,
+            threads,
+            rounds,
+            per_round,
+        } = run;
+        let (rounds, per_round) = (rounds / scale + 1, per_round / scale as u64);
+        let results = paired_rounds(cases, threads, rounds, per_round);
+        let title = format!(
+            "{what}, {threads} thread(s) on one route, {rounds} rounds x {per_round} requests per thread"
+        );
+        print_paired(&title, cases, &results, &["bare", "empty_layer"]);
     }
-    group.finish();
 
-    let mut group = c.benchmark_group("request_2_threads_same_route");
-    for case in &cases {
-        group.bench_function(case.name, |b| {
-            b.iter_custom(|iters| two_threads(&case.router, iters))
-        });
+    for (group, cases) in [("router", &router_cases), ("layer_only", &layer_cases)] {
+        let mut criterion_group = c.benchmark_group(format!("{group}_1_thread"));
+        for case in cases.iter() {
+            let mut run = (case.make)();
+            criterion_group.bench_function(case.name, |b| b.iter(&mut run));
+        }
+        criterion_group.finish();
+        let mut criterion_group = c.benchmark_group(format!("{group}_2_threads_same_route"));
+        for case in cases.iter() {
+            criterion_group.bench_function(case.name, |b| {
+                b.iter_custom(|iters| two_threads(case, iters))
+            });
+        }
+        criterion_group.finish();
     }
-    group.finish();
 
     // The cost the hand-written series replace: two clock reads and one
     // prometheus-client histogram observation (a mutex per observation).
@@ -420,9 +656,10 @@ fn benches(c: &mut Criterion) {
             let barrier = Barrier::new(2);
             std::thread::scope(|scope| {
                 let workers: Vec<_> = (0..2)
-                    .map(|_| {
+                    .map(|cpu| {
                         let (histogram, barrier) = (&histogram, &barrier);
                         scope.spawn(move || {
+                            pin_to_cpu(cpu);
                             barrier.wait();
                             let start = Instant::now();
                             for _ in 0..iters {
@@ -447,9 +684,9 @@ fn benches(c: &mut Criterion) {
 criterion_group! {
     name = http_metrics;
     config = Criterion::default()
-        .sample_size(30)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3));
+        .sample_size(20)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_millis(1500));
     targets = benches
 }
 criterion_main!(http_metrics);

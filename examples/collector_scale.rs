@@ -5,7 +5,8 @@
 //! ```
 //!
 //! Generates N follow-ups (20k creators, 5k companies), 10·N analytics
-//! sessions and 0.8·N creation-time rows spread over two years on an
+//! sessions and 0.8·N creation-time rows spread over two years (or
+//! `--span-days`) on an
 //! embedded PostgreSQL (or `DATABASE_URL`), then times, in the same run:
 //! the naive dashboard SQL without indexes, the collector without the
 //! source indexes, and the collector with them (cold, then steady state),
@@ -68,19 +69,19 @@ SELECT md5('f' || i)::uuid,
        CASE WHEN i % 100 < 82 THEN c + make_interval(secs => 200 + (i * 37) % 1000) END,
        CASE WHEN i % 100 BETWEEN 82 AND 89 THEN c + interval '1 day' END
 FROM generate_series(1, {n}) i
-CROSS JOIN LATERAL (SELECT now() - make_interval(secs => 730 * 86400.0 * (1 - i::float8 / {n}) + 900) AS c) t;
+CROSS JOIN LATERAL (SELECT now() - make_interval(secs => {span} * 86400.0 * (1 - i::float8 / {n}) + 900) AS c) t;
 
 INSERT INTO okr_creation_time (followup_id, started_at, published_at, duration_seconds)
 SELECT md5('f' || i)::uuid, c, c + make_interval(secs => 200 + (i * 37) % 1000), 200 + (i * 37) % 1000
 FROM generate_series(1, {n}) i
-CROSS JOIN LATERAL (SELECT now() - make_interval(secs => 730 * 86400.0 * (1 - i::float8 / {n}) + 900) AS c) t
+CROSS JOIN LATERAL (SELECT now() - make_interval(secs => {span} * 86400.0 * (1 - i::float8 / {n}) + 900) AS c) t
 WHERE i % 100 < 82 AND i % 41 <> 0;
 
 INSERT INTO analytics_sessions (followup_id, visitor_id, device_type, started_at)
 SELECT md5('f' || j)::uuid,
        'visitor-' || floor(random() * 3000000)::int,
        (ARRAY['mobile', 'mobile', 'mobile', 'mobile', 'desktop', 'desktop', 'desktop', 'desktop', 'tablet', 'smart-tv'])[1 + floor(random() * 10)::int],
-       least(now(), now() - make_interval(secs => 730 * 86400.0 * (1 - j::float8 / {n})) + make_interval(secs => random() * 14 * 86400))
+       least(now(), now() - make_interval(secs => {span} * 86400.0 * (1 - j::float8 / {n})) + make_interval(secs => random() * 14 * 86400))
 FROM (SELECT (k / 82) * 100 + k % 82 + 1 AS j
       FROM (SELECT floor(random() * ({n} * 0.82))::int AS k FROM generate_series(1, {n} * 10)) r) s;
 
@@ -112,6 +113,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let n = arg("--followups", 1_000_000);
     let steady_runs = arg("--runs", 5);
+    // History length: the same number of rows over a longer span puts fewer
+    // in each window, which shows what the cost follows.
+    let span_days = arg("--span-days", 730);
     let mut embedded = None;
     let url = match std::env::var("DATABASE_URL") {
         Ok(u) => u,
@@ -126,7 +130,7 @@ async fn main() -> anyhow::Result<()> {
         .max_connections(4)
         .connect(&url)
         .await?;
-    let db = format!("okr_scale_{n}");
+    let db = format!("okr_scale_{n}_{span_days}");
     // --reuse keeps an existing generated database (on DATABASE_URL's
     // server) and measures only the indexed collector.
     let (exists,): (bool,) =
@@ -155,7 +159,7 @@ async fn main() -> anyhow::Result<()> {
     okr_exporter::db::migrate(&pool).await?;
 
     println!(
-        "# collector scale benchmark: {n} follow-ups, {} sessions",
+        "# collector scale benchmark: {n} follow-ups, {} sessions over {span_days} days",
         n * 10
     );
     let mut naive = Duration::ZERO;
@@ -183,10 +187,14 @@ async fn main() -> anyhow::Result<()> {
     };
     if !reuse {
         let t = Instant::now();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(GENERATE.replace("{n}", &n.to_string())))
-            .execute(&pool)
-            .await
-            .context("generating data")?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(
+            GENERATE
+                .replace("{n}", &n.to_string())
+                .replace("{span}", &span_days.to_string()),
+        ))
+        .execute(&pool)
+        .await
+        .context("generating data")?;
         sqlx::raw_sql("VACUUM ANALYZE").execute(&pool).await?;
         println!("generated in {}", ms(t.elapsed()));
         for (table,) in sqlx::query_as::<_, (String,)>(

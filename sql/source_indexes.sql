@@ -16,7 +16,7 @@ CREATE INDEX CONCURRENTLY IF NOT EXISTS okr_followups_created_at_idx
 -- alone (the engagement breakdown dimensions and the adoption creator).
 CREATE INDEX CONCURRENTLY IF NOT EXISTS okr_followups_published_at_idx
     ON followups (published_at)
-    INCLUDE (creator_id, created_at, meeting_type, creator_region, company)
+    INCLUDE (id, creator_id, created_at, meeting_type, creator_region, company)
     WHERE published_at IS NOT NULL;
 
 -- Mobile usage (sessions started in window, by device type).

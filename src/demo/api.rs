@@ -36,6 +36,7 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::api_error::ApiError;
+use crate::config::Settings;
 use crate::exposition;
 use crate::http_metrics::HttpMetricsLayer;
 
@@ -57,6 +58,10 @@ struct ApiState {
 /// registered in `registry`, which `GET /metrics` serves.
 pub fn router(pool: PgPool, mut registry: Registry) -> Router {
     let metrics = HttpMetricsLayer::new(&mut registry);
+    routes(pool, registry, metrics)
+}
+
+fn routes(pool: PgPool, registry: Registry, metrics: HttpMetricsLayer) -> Router {
     let state = ApiState {
         pool,
         registry: Arc::new(registry),
@@ -78,15 +83,25 @@ pub fn router(pool: PgPool, mut registry: Registry) -> Router {
         .layer(metrics)
 }
 
-/// Serves the API on `listener` until `shutdown` completes.
+/// Serves the API on `listener` until `shutdown` completes. With
+/// `--request-log` in `settings`, every request is also written to
+/// `performance_metrics`, and the queue is flushed before returning.
 pub async fn serve_api(
     listener: TcpListener,
     pool: PgPool,
+    settings: Settings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(pool, Registry::default()))
+    let mut registry = Registry::default();
+    let (metrics, writer) = crate::server::instrument(&settings, &pool, &mut registry)
+        .map_err(std::io::Error::other)?;
+    let served = axum::serve(listener, routes(pool, registry, metrics))
         .with_graceful_shutdown(shutdown)
-        .await
+        .await;
+    if let Some(writer) = writer {
+        writer.shutdown().await;
+    }
+    served
 }
 
 /// A JSON body whose rejections are [`ApiError`]s: 400 malformed, 413 too

@@ -127,8 +127,9 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
     let api_task = tokio::spawn({
         let pool = pool.clone();
         let stop = stopped(stop_rx.clone());
+        let settings = settings.clone();
         async move {
-            if let Err(e) = api::serve_api(api_listener, pool, stop).await {
+            if let Err(e) = api::serve_api(api_listener, pool, settings, stop).await {
                 tracing::error!(error = %e, "the demo's Follow-Up API stopped");
             }
         }

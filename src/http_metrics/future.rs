@@ -24,6 +24,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
+    #[inline]
     pub(crate) fn new(inner: F, guard: RequestGuard) -> Self {
         Self {
             inner,
@@ -40,6 +41,7 @@ where
 {
     type Output = Result<Response<axum::body::Body>, E>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
@@ -50,20 +52,19 @@ where
         Poll::Ready(match result {
             Ok(response) => {
                 guard.set_status(response.status().as_u16());
-                let (parts, body) = response.into_parts();
-                let body = if body.is_end_stream() || body.size_hint().exact().is_some() {
+                let body = response.body();
+                if body.is_end_stream() || body.size_hint().exact().is_some() {
                     // Empty or of known length: everything axum builds from
                     // in-memory data (strings, JSON, bytes). The response is
                     // complete now; recording here avoids boxing a wrapper,
                     // and `Body::new` does not re-box an `axum::body::Body`.
                     drop(guard);
-                    axum::body::Body::new(body)
+                    Ok(response.map(axum::body::Body::new))
                 } else {
                     // Streaming: the clock runs until the body ends or is
                     // dropped.
-                    axum::body::Body::new(ResponseBody::new(body, guard))
-                };
-                Ok(Response::from_parts(parts, body))
+                    Ok(response.map(|body| axum::body::Body::new(ResponseBody::new(body, guard))))
+                }
             }
             Err(error) => {
                 guard.set_status(STATUS_INTERNAL_ERROR);

@@ -11,7 +11,9 @@ use super::{STATUS_CLIENT_CLOSED_REQUEST, STATUS_INTERNAL_ERROR};
 /// Status value meaning "no response yet".
 const NO_RESPONSE: u16 = 0;
 
-/// What a request keeps for the request log; only built when a sink is set.
+/// What a request keeps for the request log; only built when a sink is set,
+/// and boxed so that requests without a sink carry one pointer, not the whole
+/// context (the guard is moved several times per request).
 pub(crate) struct RequestLog {
     pub(crate) sink: Arc<dyn RequestSink>,
     pub(crate) context: LogContext,
@@ -27,7 +29,7 @@ pub(crate) struct RequestGuard {
     status: u16,
     /// Raw clock reading, see [`State::clock`].
     start: u64,
-    log: Option<RequestLog>,
+    log: Option<Box<RequestLog>>,
 }
 
 impl RequestGuard {
@@ -37,7 +39,7 @@ impl RequestGuard {
         state: &'static State,
         route: &'static RouteSeries,
         method: u8,
-        log: Option<RequestLog>,
+        log: Option<Box<RequestLog>>,
     ) -> Self {
         route.start(thread_shard(), method);
         Self {
@@ -58,6 +60,7 @@ impl RequestGuard {
 }
 
 impl Drop for RequestGuard {
+    #[inline]
     fn drop(&mut self) {
         let clock = &self.state.clock;
         let nanos = clock.delta_as_nanos(self.start, clock.raw());
@@ -69,14 +72,19 @@ impl Drop for RequestGuard {
         self.route
             .observe(&self.state.buckets, self.method, status, nanos);
         if let Some(log) = self.log.take() {
-            log.sink.record(&RequestRecord {
-                route: Arc::clone(self.route.label()),
-                method: log.context.method,
-                status,
-                duration: Duration::from_nanos(nanos),
-                started_at: log.context.started_at,
-                user_id: log.context.user_id,
-            });
+            send_record(self.route, *log, status, nanos);
         }
     }
+}
+
+#[cold]
+fn send_record(route: &RouteSeries, log: RequestLog, status: u16, nanos: u64) {
+    log.sink.record(&RequestRecord {
+        route: Arc::clone(route.label()),
+        method: log.context.method,
+        status,
+        duration: Duration::from_nanos(nanos),
+        started_at: log.context.started_at,
+        user_id: log.context.user_id,
+    });
 }

@@ -54,6 +54,7 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let method = method_index(request.method());
         // Set by axum's router before it calls a route's layers; absent for
@@ -63,9 +64,11 @@ where
             .get::<MatchedPath>()
             .map(MatchedPath::as_str);
         let route = self.state.routes.resolve(template);
-        let log = self.sink.as_ref().map(|sink| RequestLog {
-            sink: Arc::clone(sink),
-            context: LogContext::capture(&request, self.state.user_id_header.as_ref()),
+        let log = self.sink.as_ref().map(|sink| {
+            Box::new(RequestLog {
+                sink: Arc::clone(sink),
+                context: LogContext::capture(&request, self.state.user_id_header.as_ref()),
+            })
         });
         let guard = RequestGuard::start(self.state, route, method, log);
         ResponseFuture::new(self.inner.call(request), guard)

@@ -131,7 +131,11 @@ impl Buckets {
     /// (Prometheus `le` semantics), or the `+Inf` bucket.
     #[inline]
     pub(crate) fn index(&self, nanos: u64) -> usize {
-        self.bounds_nanos.partition_point(|&bound| bound < nanos)
+        // Counting beats a binary search here: branch-free, and a short list.
+        self.bounds_nanos
+            .iter()
+            .filter(|&&bound| bound < nanos)
+            .count()
     }
 }
 
@@ -411,27 +415,32 @@ fn table_full_warning() {
     });
 }
 
-/// FxHash-style word-at-a-time hash: a route template is hashed on every
-/// request, and SipHash would cost several times more for no benefit here
-/// (keys come from the application's route table, not from clients).
+/// Hashes a route template from its length and three 8-byte windows (start,
+/// middle, end): a handful of instructions whatever the length, where a
+/// word-at-a-time hash cost a fifth of the layer's time in the benchmark.
+/// Templates sharing all three windows and the length merely collide and are
+/// told apart by the content comparison. Keys come from the application's
+/// route table, never from clients, so no keyed hash is needed.
 #[inline]
 fn hash(bytes: &[u8]) -> u64 {
     const K: u64 = 0xf135_7aea_2e62_a9c5;
-    let mut h = bytes.len() as u64;
-    let mut chunks = bytes.chunks_exact(8);
-    for chunk in &mut chunks {
+    let window = |at: usize| {
         let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-    }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut word = [0u8; 8];
-        word[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(word)).wrapping_mul(K);
-    }
+        let end = bytes.len().min(at + 8);
+        if let Some(chunk) = bytes.get(at..end) {
+            word[..chunk.len()].copy_from_slice(chunk);
+        }
+        u64::from_le_bytes(word)
+    };
+    let n = bytes.len();
+    let (first, middle, last) = if n > 8 {
+        (window(0), window((n - 8) / 2), window(n - 8))
+    } else {
+        (window(0), 0, 0)
+    };
+    let h = (first ^ middle.rotate_left(21) ^ last.rotate_left(42) ^ n as u64).wrapping_mul(K);
     // The high bits are the well-mixed ones.
-    h.rotate_left(26)
+    h ^ (h >> 32)
 }
 
 #[cfg(test)]
@@ -574,6 +583,26 @@ mod tests {
         assert_eq!(&**a.label(), "/a/{id}");
         assert_eq!(&**table.resolve(None).label(), "__unmatched__");
         assert_eq!(table.iter().count(), 3);
+    }
+
+    #[test]
+    fn similar_templates_hash_apart() {
+        let templates = [
+            "/",
+            "/a",
+            "/api/followups",
+            "/api/followups/{id}",
+            "/api/followups/{id}/analytics",
+            "/api/followups/{id}/publish",
+            "/api/followups/{id}/visits",
+            "/api/okr/report",
+            "/api/okr/creation-time",
+            "/api/okr/next-action",
+        ];
+        let mut slots: Vec<u64> = templates.iter().map(|t| hash(t.as_bytes())).collect();
+        slots.sort_unstable();
+        slots.dedup();
+        assert_eq!(slots.len(), templates.len());
     }
 
     #[test]

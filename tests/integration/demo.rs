@@ -167,9 +167,16 @@ async fn reference_api_writes_the_source_tables_and_is_instrumented() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(api::serve_api(listener, db.pool.clone(), async move {
-        let _ = stopped.await;
-    }));
+    let mut settings = okr_exporter::config::Settings::for_database(Some(db.database_url()));
+    settings.request_log = true;
+    let server = tokio::spawn(api::serve_api(
+        listener,
+        db.pool.clone(),
+        settings,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
     let http = reqwest::Client::new();
 
     let (status, body) = json_of(
@@ -328,4 +335,14 @@ async fn reference_api_writes_the_source_tables_and_is_instrumented() {
 
     let _ = stop.send(());
     server.await.unwrap().unwrap();
+    // --request-log: the API's requests are in performance_metrics (flushed
+    // on shutdown), by route template.
+    let (logged, templated): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(*) FILTER (WHERE endpoint = '/api/followups/{id}') FROM performance_metrics",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(logged >= 5, "{logged} request-log rows");
+    assert!(templated >= 1, "{templated} rows for /api/followups/{{id}}");
 }
