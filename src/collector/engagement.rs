@@ -338,6 +338,7 @@ mod tests {
         let t = |f, v| Tally {
             followups: f,
             visitors: v,
+            engaged: 0,
         };
         let list = vec![
             ("b".to_owned(), t(2, 1)),

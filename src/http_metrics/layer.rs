@@ -173,7 +173,7 @@ impl HttpMetricsBuilder {
         // plain `&'static` instead of an `Arc`, because axum clones the
         // service for every request and a shared reference count costs a
         // cache-line transfer between cores per clone (see `BENCHMARKS.md`,
-        // two threads on one route). One allocation per `register` call,
+        // two threads on one route). Allocated once per `register` call,
         // normally once per process.
         let state: &'static State = Box::leak(Box::new(State {
             buckets: Buckets::new(&self.buckets, &DEFAULT_BUCKETS),

@@ -85,7 +85,8 @@
 //! [`HttpMetricsBuilder::request_sink`] feeds a [`RequestSink`] one
 //! [`RequestRecord`] per request, with the user id taken from the header set
 //! by [`HttpMetricsBuilder::user_id_header`]. Without a sink nothing is
-//! captured or allocated for it.
+//! captured or allocated for it; with one, a request costs one allocation for
+//! its log context (two with a user id).
 //!
 //! [`MatchedPath`]: axum::extract::MatchedPath
 

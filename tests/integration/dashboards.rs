@@ -931,12 +931,15 @@ fn compose_mounts_every_provisioning_file() {
     let root = repo_root();
     let files = files_under(&root.join("provisioning"));
     assert!(!files.is_empty(), "provisioning/ is empty");
-    // Configuration only: the routing/inhibition test scripts beside the
-    // Alertmanager config run in CI, not in the stack.
-    for file in files
-        .into_iter()
-        .filter(|f| f.extension().is_none_or(|e| e != "sh"))
-    {
+    // Stack configuration only: the routing/inhibition test scripts run in
+    // CI, `*.local.yml` is for a Prometheus on this machine, and
+    // provisioning/prometheus/rules links to alerts/ (mounted as such).
+    let rules_link = root.join("provisioning/prometheus/rules");
+    for file in files.into_iter().filter(|f| {
+        f.extension().is_none_or(|e| e != "sh")
+            && !f.to_string_lossy().contains(".local.")
+            && !f.starts_with(&rules_link)
+    }) {
         let rel = file
             .strip_prefix(&root)
             .expect("under the repository")
