@@ -64,15 +64,7 @@ impl OkrCollector for AdoptionCollector {
             // One pass: per creator, follow-ups created in each window
             // (-1 marks "only published there").
             let now = ctx.now;
-            let starts: Vec<DateTime<Utc>> = ctx
-                .windows
-                .0
-                .iter()
-                .map(|w| {
-                    chrono::Duration::from_std(w.duration)
-                        .map_or(DateTime::<Utc>::MIN_UTC, |d| now - d)
-                })
-                .collect();
+            let starts = ctx.window_starts();
             let n = starts.len();
             let mut n_created = vec![0_i64; n];
             let mut n_published = vec![0_i64; n];

@@ -214,14 +214,7 @@ fn aggregate(
     // One pass over F: each follow-up adds to every window it falls in, with
     // one hash lookup per dimension (a lookup per window and dimension cost
     // three times as much at 1M follow-ups).
-    let starts: Vec<DateTime<Utc>> = ctx
-        .windows
-        .0
-        .iter()
-        .map(|w| {
-            chrono::Duration::from_std(w.duration).map_or(DateTime::<Utc>::MIN_UTC, |d| ctx.now - d)
-        })
-        .collect();
+    let starts = ctx.window_starts();
     let n = starts.len();
     let mut totals = vec![Tally::default(); n];
     let mut meetings: HashMap<&str, Vec<Tally>> = HashMap::new();

@@ -75,8 +75,7 @@ impl OkrCollector for MobileCollector {
             let mut state = self.state.lock().await;
             let mark = current_mark(&mut *conn).await?;
             let now = ctx.now;
-            let lo = chrono::Duration::from_std(ctx.windows.longest())
-                .map_or(DateTime::<Utc>::MIN_UTC, |d| now - d);
+            let lo = ctx.start_of(ctx.windows.longest());
             let incremental = match (state.last_now, state.marks.bound()) {
                 (Some(prev), Some(bound)) if prev <= now => Some(bound),
                 _ => None,
@@ -129,9 +128,7 @@ impl OkrCollector for MobileCollector {
                 "Follow-up page sessions started in the window by device type \
                  (analytics_sessions; unknown device types count as other).",
             );
-            for w in &ctx.windows.0 {
-                let from = chrono::Duration::from_std(w.duration)
-                    .map_or(DateTime::<Utc>::MIN_UTC, |d| now - d);
+            for (w, from) in ctx.windows.0.iter().zip(ctx.window_starts()) {
                 let mut counts = [0_i64; 4];
                 for (_, device) in state.sessions.range((from, i64::MAX)..=(now, i64::MAX)) {
                     counts[usize::from(*device)] += 1;

@@ -73,6 +73,20 @@ impl CollectContext {
         }
     }
 
+    /// `now − length`: a time t is in the window when start < t ≤ now.
+    pub fn start_of(&self, length: Duration) -> DateTime<Utc> {
+        chrono::Duration::from_std(length).map_or(DateTime::<Utc>::MIN_UTC, |d| self.now - d)
+    }
+
+    /// The start of every window, in window order.
+    pub fn window_starts(&self) -> Vec<DateTime<Utc>> {
+        self.windows
+            .0
+            .iter()
+            .map(|w| self.start_of(w.duration))
+            .collect()
+    }
+
     /// Window labels and lengths in seconds, as SQL array parameters.
     pub fn window_params(&self) -> (Vec<String>, Vec<f64>) {
         self.windows
