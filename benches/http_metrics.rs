@@ -19,7 +19,11 @@
 //!
 //! The `layer_only` cases wrap a service that answers at once instead of a
 //! router, with `MatchedPath` set on the request as axum would: the
-//! middleware's own cost, without the router's.
+//! middleware's own cost, without the router's. Two controls share nothing
+//! between threads: `control_no_sharing` (plain arithmetic) and
+//! `control_two_clock_reads` (the middleware's two TSC reads); their
+//! 2-thread/1-thread ratios show what this machine charges such work when
+//! both vCPUs are busy, with no contention at all.
 //!
 //! Each runs on one thread and on two threads hitting the same route (time
 //! per request as seen by each thread). Allocations per request are counted
@@ -293,7 +297,7 @@ impl Case {
         }
     }
 
-    fn service<S>(name: &'static str, service: S, matched_path: MatchedPath) -> Self
+    fn service<S>(name: &'static str, service: S) -> Self
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
             + Clone
@@ -305,7 +309,7 @@ impl Case {
             name,
             make: Box::new(move || {
                 let mut service = service.clone();
-                let matched_path = matched_path.clone();
+                let matched_path = captured_matched_path();
                 Box::new(move || call_service(&mut service, &matched_path))
             }),
         }
@@ -324,10 +328,18 @@ fn router_cases() -> Vec<Case> {
     // `with_state` turns handlers into routes once, as `axum::serve` does per
     // connection.
     let prepared = |router: Router| router.with_state(());
-    vec![
+    let mut cases = vec![
         Case::router("bare", prepared(routes())),
         Case::router("empty_layer", prepared(routes().layer(PassThroughLayer))),
         Case::router("metrics_layer", prepared(routes().layer(metrics.clone()))),
+    ];
+    if let Some(logged) = request_log_layer() {
+        cases.push(Case::router(
+            "metrics_layer_request_log",
+            prepared(routes().layer(logged)),
+        ));
+    }
+    cases.extend([
         Case::router(
             "empty_handler_layer",
             prepared(Router::new().route(
@@ -341,14 +353,52 @@ fn router_cases() -> Vec<Case> {
         ),
         Case::router("naive_prometheus_client", prepared(routes().layer(naive))),
         Case::router("axum_prometheus", prepared(routes().layer(axum_prometheus))),
-    ]
+    ]);
+    cases
+}
+
+/// Our layer feeding the request log (`--request-log`): a bounded queue
+/// drained by the real batched writer into an embedded PostgreSQL. `None`
+/// (with a note) when no PostgreSQL server binaries are installed.
+fn request_log_layer() -> Option<HttpMetricsLayer> {
+    let pg = match okr_exporter::embedded_pg::EmbeddedPostgres::start() {
+        Ok(pg) => pg,
+        Err(e) => {
+            println!("request-log case skipped: {e}");
+            return None;
+        }
+    };
+    let url = okr_exporter::config::DatabaseUrl::parse_arg(&pg.url("postgres")).ok()?;
+    let pool = okr_exporter::db::lazy_pool(&url, 2).ok()?;
+    let handle = tokio::runtime::Handle::current();
+    std::thread::scope(|s| {
+        s.spawn(|| handle.block_on(okr_exporter::db::migrate(&pool)))
+            .join()
+            .ok()
+    })?
+    .ok()?;
+    let mut registry = Registry::default();
+    let (sink, writer) = okr_exporter::request_log::start(
+        pool,
+        &mut registry,
+        okr_exporter::request_log::RequestLogOptions::default(),
+    );
+    // The cluster and the writer live as long as the benchmark process; the
+    // cluster's watchdog removes it when the process exits.
+    std::mem::forget(pg);
+    std::mem::forget(writer);
+    Some(
+        HttpMetricsLayer::builder()
+            .request_sink(sink)
+            .user_id_header(http::HeaderName::from_static("x-user-id"))
+            .register(&mut registry),
+    )
 }
 
 /// The layers alone around a service that answers at once, with the request's
 /// `MatchedPath` set as axum would: the middleware's own cost without the
 /// router's (and its noise).
 fn layer_only_cases() -> Vec<Case> {
-    let matched_path = captured_matched_path();
     let inner = tower::service_fn(|_: Request<Body>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(Body::empty())))
     });
@@ -356,24 +406,50 @@ fn layer_only_cases() -> Vec<Case> {
     let metrics = HttpMetricsLayer::new(&mut registry);
     let mut naive_registry = Registry::default();
     let naive = NaiveLayer::new(&mut naive_registry);
+    let clock = quanta::Clock::new();
     vec![
-        Case::service(
-            "empty_layer",
-            PassThroughLayer.layer(inner),
-            matched_path.clone(),
-        ),
-        Case::service("metrics_layer", metrics.layer(inner), matched_path.clone()),
-        Case::service("naive_prometheus_client", naive.layer(inner), matched_path),
+        Case::service("empty_layer", PassThroughLayer.layer(inner)),
+        Case::service("metrics_layer", metrics.layer(inner)),
+        Case::service("naive_prometheus_client", naive.layer(inner)),
+        Case {
+            name: "control_no_sharing",
+            make: Box::new(|| Box::new(control_work)),
+        },
+        Case {
+            name: "control_two_clock_reads",
+            make: Box::new(move || {
+                let clock = clock.clone();
+                Box::new(move || {
+                    let start = clock.raw();
+                    clock.delta_as_nanos(start, black_box(clock.raw())) as usize
+                })
+            }),
+        },
     ]
 }
 
+/// Arithmetic that touches no memory shared between threads, about as long
+/// as an `empty_layer` request: how much two busy threads slow each other on
+/// this machine when they share nothing (the two vCPUs share a core's
+/// resources), to read the contended cases against.
+#[inline(never)]
+fn control_work() -> usize {
+    let mut x = black_box(1u64);
+    for _ in 0..64 {
+        x = black_box(x.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17));
+    }
+    x as usize
+}
+
 /// A `MatchedPath` for [`ROUTE`], taken from a real request (it has no public
-/// constructor).
+/// constructor). Behind `nest_service`, axum builds a fresh one per request,
+/// so each benchmark thread gets its own instead of sharing one reference
+/// count with the other thread.
 fn captured_matched_path() -> MatchedPath {
     let captured = Arc::new(std::sync::Mutex::new(None));
     let slot = Arc::clone(&captured);
-    let mut router: Router = Router::new().route(
-        ROUTE,
+    let inner: Router = Router::new().route(
+        "/followups/{id}",
         get(move |path: MatchedPath| {
             if let Ok(mut slot) = slot.lock() {
                 *slot = Some(path);
@@ -381,6 +457,7 @@ fn captured_matched_path() -> MatchedPath {
             std::future::ready("ok")
         }),
     );
+    let mut router: Router = Router::new().nest_service("/api", inner);
     request(&mut router);
     let path = captured.lock().ok().and_then(|mut slot| slot.take());
     path.expect("handler saw the matched path")
@@ -575,9 +652,11 @@ fn benches(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let _entered = runtime.enter();
-    pin_to_cpu(0);
     let router_cases = router_cases();
     let layer_cases = layer_only_cases();
+    // After building the layers: their shard count follows the parallelism
+    // the building thread may use.
+    pin_to_cpu(0);
 
     println!("allocations per request (request building included):");
     for case in &router_cases {

@@ -69,10 +69,38 @@ pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::E
     match format {
         Format::OpenMetrics => prometheus_client::encoding::text::encode(&mut out, registry)?,
         Format::PrometheusText => {
-            prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?
+            prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
+            out = float_bucket_bounds(&out);
         }
     }
     Ok(out)
+}
+
+/// Writes integer bucket bounds as OpenMetrics does (`le="1.0"`, not
+/// `le="1"`), so rules and dashboards see the same `le` strings whichever
+/// format a scraper negotiates (Prometheus 3 normalises to this form too).
+fn float_bucket_bounds(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 256);
+    for line in text.split_inclusive('\n') {
+        if line.starts_with('#') || !line.contains("_bucket{") {
+            out.push_str(line);
+            continue;
+        }
+        match line.find("le=\"") {
+            Some(at) => {
+                let start = at + 4;
+                let end = line[start..].find('"').map_or(start, |e| start + e);
+                let bound = &line[start..end];
+                out.push_str(&line[..end]);
+                if !bound.is_empty() && bound.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+                    out.push_str(".0");
+                }
+                out.push_str(&line[end..]);
+            }
+            None => out.push_str(line),
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -97,5 +125,20 @@ mod tests {
             Format::PrometheusText
         );
         assert_eq!(negotiate(Some("application/json")), Format::PrometheusText);
+    }
+
+    #[test]
+    fn bucket_bounds_match_openmetrics_in_both_formats() {
+        use prometheus_client::metrics::histogram::Histogram;
+        let mut registry = Registry::default();
+        let h = Histogram::new([0.2, 1.0, 10.0]);
+        h.observe(0.5);
+        registry.register("req_seconds", "Test.", h);
+        for format in [Format::OpenMetrics, Format::PrometheusText] {
+            let text = encode(&registry, format).unwrap();
+            for le in ["le=\"0.2\"", "le=\"1.0\"", "le=\"10.0\"", "le=\"+Inf\""] {
+                assert!(text.contains(le), "{format:?} lacks {le}: {text}");
+            }
+        }
     }
 }

@@ -238,7 +238,7 @@ pub(crate) struct State {
     pub(crate) routes: RouteTable,
     pub(crate) targets: Vec<LatencyTarget>,
     pub(crate) user_id_header: Option<HeaderName>,
-    /// TSC-based where available: two reads cost about a third of two
+    /// TSC-based where available: two reads cost less than half of two
     /// `std::time::Instant::now()` calls on the benchmark machine, the largest
     /// single item of the per-request cost.
     pub(crate) clock: quanta::Clock,

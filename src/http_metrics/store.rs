@@ -57,16 +57,19 @@ pub(crate) fn method_index(method: &Method) -> u8 {
     }
 }
 
-/// Upper bound on counter shards per series.
+/// Bounds on counter shards per series. The floor matters because the
+/// detected parallelism can understate the threads that really run at once
+/// (it follows the calling thread's CPU affinity and the cgroup CPU quota).
+const MIN_SHARDS: usize = 4;
 const MAX_SHARDS: usize = 16;
 
 /// Number of counter shards: the machine's parallelism rounded up to a power
-/// of two (so a shard is picked with a mask), at most [`MAX_SHARDS`].
+/// of two (so a shard is picked with a mask), within the bounds above.
 pub(crate) fn shard_count() -> usize {
     std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .next_power_of_two()
-        .min(MAX_SHARDS)
+        .clamp(MIN_SHARDS, MAX_SHARDS)
 }
 
 thread_local! {
