@@ -2,11 +2,14 @@
 //! request of a service instrumented with [`HttpMetricsLayer`].
 //!
 //! The middleware hands each finished request to [`RequestLog`] (a
-//! [`RequestSink`]), which only tries to enqueue it in a bounded channel: a
+//! [`RequestSink`]), which only pushes it onto a bounded lock-free queue: a
 //! full queue drops the row and counts it
 //! (`okr_exporter_request_log_dropped_total`) instead of slowing requests.
-//! A writer task inserts rows in batches, deletes rows older than the
-//! retention, and flushes what is queued on shutdown.
+//! Nothing on the request path wakes the writer (a cross-thread wake per
+//! request cost ~1.3 µs in the router benchmark, more than the whole
+//! middleware): the writer task drains the queue every `flush_every`, inserts
+//! rows in batches, deletes rows older than the retention, and drains what is
+//! queued on shutdown.
 //!
 //! [`HttpMetricsLayer`]: crate::http_metrics::HttpMetricsLayer
 
@@ -14,10 +17,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
+use crossbeam_queue::ArrayQueue;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::http_metrics::{RequestRecord, RequestSink};
@@ -45,7 +49,7 @@ struct Row {
 /// The sink the middleware feeds.
 #[derive(Debug)]
 pub struct RequestLog {
-    tx: mpsc::Sender<Row>,
+    queue: Arc<ArrayQueue<Row>>,
     dropped: Counter,
 }
 
@@ -60,7 +64,7 @@ impl RequestSink for RequestLog {
             status: i32::from(r.status),
             user_id: r.user_id.clone(),
         };
-        if self.tx.try_send(row).is_err() {
+        if self.queue.push(row).is_err() {
             self.dropped.inc();
         }
     }
@@ -73,7 +77,7 @@ pub struct RequestLogOptions {
     pub capacity: usize,
     /// Rows per INSERT.
     pub batch: usize,
-    /// Longest wait before a partial batch is written.
+    /// How often the writer drains the queue.
     pub flush_every: Duration,
     /// Rows older than this are deleted.
     pub retention: Duration,
@@ -86,7 +90,7 @@ impl Default for RequestLogOptions {
         Self {
             capacity: DEFAULT_CAPACITY,
             batch: DEFAULT_BATCH,
-            flush_every: Duration::from_secs(1),
+            flush_every: Duration::from_millis(250),
             retention: Duration::from_secs(30 * 86_400),
             prune_every: Duration::from_secs(600),
         }
@@ -128,25 +132,25 @@ pub fn start(
         "Request-log rows written to performance_metrics.",
         written.clone(),
     );
-    let (tx, rx) = mpsc::channel(options.capacity.max(1));
+    let queue = Arc::new(ArrayQueue::new(options.capacity.max(1)));
     let stop = Arc::new(Notify::new());
     let task = tokio::spawn(write_loop(
         pool,
-        rx,
+        Arc::clone(&queue),
         Arc::clone(&stop),
         options,
         dropped.clone(),
         written,
     ));
     (
-        Arc::new(RequestLog { tx, dropped }),
+        Arc::new(RequestLog { queue, dropped }),
         RequestLogWriter { stop, task },
     )
 }
 
 async fn write_loop(
     pool: PgPool,
-    mut rx: mpsc::Receiver<Row>,
+    queue: Arc<ArrayQueue<Row>>,
     stop: Arc<Notify>,
     options: RequestLogOptions,
     dropped: Counter,
@@ -155,38 +159,32 @@ async fn write_loop(
     let batch = options.batch.max(1);
     let mut buf: Vec<Row> = Vec::with_capacity(batch);
     let mut last_prune: Option<tokio::time::Instant> = None;
+    let mut tick = tokio::time::interval(options.flush_every.max(Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            () = stop.notified() => true,
+        };
         if last_prune.is_none_or(|t| t.elapsed() >= options.prune_every) {
             prune(&pool, options.retention).await;
             last_prune = Some(tokio::time::Instant::now());
         }
-        tokio::select! {
-            n = rx.recv_many(&mut buf, batch) => {
-                if n == 0 {
-                    break;
+        // Drain what is queued now (rows arriving meanwhile wait for the
+        // next tick, so a busy service cannot keep the writer here).
+        let mut left = queue.len();
+        while left > 0 {
+            while buf.len() < batch && left > 0 {
+                match queue.pop() {
+                    Some(row) => buf.push(row),
+                    None => left = 1,
                 }
-                // Wait briefly for a fuller batch unless this one is full.
-                if buf.len() < batch {
-                    let deadline = tokio::time::sleep(options.flush_every);
-                    tokio::pin!(deadline);
-                    while buf.len() < batch {
-                        let room = batch - buf.len();
-                        tokio::select! {
-                            n = rx.recv_many(&mut buf, room) => if n == 0 { break },
-                            () = &mut deadline => break,
-                            () = stop.notified() => { stop.notify_one(); break }
-                        }
-                    }
-                }
-                insert(&pool, &mut buf, &dropped, &written).await;
+                left -= 1;
             }
-            () = stop.notified() => {
-                rx.close();
-                while rx.recv_many(&mut buf, batch).await > 0 {
-                    insert(&pool, &mut buf, &dropped, &written).await;
-                }
-                break;
-            }
+            insert(&pool, &mut buf, &dropped, &written).await;
+        }
+        if stopping {
+            break;
         }
     }
 }

@@ -635,13 +635,12 @@ async fn log_rows(db: &TestDb) -> i64 {
 #[tokio::test]
 async fn request_log_batches_drops_when_full_and_flushes_on_shutdown() {
     let db = prepared_db().await;
-    // Batching and flush on shutdown: a long flush interval, so only the
-    // shutdown writes the last partial batch.
+    // Batching: rows drained every 50 ms in batches of at most 100.
     let mut registry = Registry::default();
     let options = RequestLogOptions {
         capacity: 10_000,
         batch: 100,
-        flush_every: Duration::from_secs(3600),
+        flush_every: Duration::from_millis(50),
         ..RequestLogOptions::default()
     };
     let (sink, writer) = request_log::start(db.pool.clone(), &mut registry, options);
@@ -650,16 +649,42 @@ async fn request_log_batches_drops_when_full_and_flushes_on_shutdown() {
     }
     assert!(
         crate::support::eventually(Duration::from_secs(10), || async {
-            log_rows(&db).await == 200
+            log_rows(&db).await == 250
         })
         .await,
-        "two full batches written"
+        "all rows written"
     );
+    // Rows written by one INSERT share a transaction id: at most 100 each.
+    let (statements,): (i64,) =
+        sqlx::query_as("SELECT count(DISTINCT xmin::text) FROM performance_metrics")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        (3..=250 / 100 + 3).contains(&statements),
+        "{statements} inserts for 250 rows"
+    );
+    // Flush on shutdown: a flush interval that never comes.
+    sink.record(&record(0));
     writer.shutdown().await;
+    let mut registry = Registry::default();
+    let options = RequestLogOptions {
+        flush_every: Duration::from_secs(3600),
+        ..RequestLogOptions::default()
+    };
+    let (late_sink, late_writer) = request_log::start(db.pool.clone(), &mut registry, options);
+    // The first tick comes at once; rows recorded after it wait for shutdown.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..40 {
+        late_sink.record(&record(i));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(log_rows(&db).await, 251, "not written before shutdown");
+    late_writer.shutdown().await;
     assert_eq!(
         log_rows(&db).await,
-        250,
-        "the partial batch is flushed on shutdown"
+        291,
+        "queued rows are flushed on shutdown"
     );
     let (route, method, ms, status, user): (String, String, f64, i32, Option<String>) = sqlx::query_as(
         "SELECT endpoint, method, response_time_ms, status_code, user_id FROM performance_metrics ORDER BY response_time_ms LIMIT 1",
