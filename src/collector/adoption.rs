@@ -1,13 +1,13 @@
 //! Adoption: follow-ups created and published per window, active and repeat
 //! creators.
 
-use std::collections::HashMap;
-
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::{CollectContext, Family, OkrCollector, ratio};
+use super::intern::Interner;
+use super::{CollectContext, Family, OkrCollector, RowDecoder, ratio};
 
 // The follow-ups created or published in the longest window, read once
 // (range scans of okr_followups_created_at_idx and the partial
@@ -27,8 +27,6 @@ WHERE f.published_at > $1 - make_interval(secs => $2) AND f.published_at <= $1
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AdoptionCollector;
 
-type Row = (String, DateTime<Utc>, Option<DateTime<Utc>>);
-
 impl OkrCollector for AdoptionCollector {
     fn name(&self) -> &'static str {
         "adoption"
@@ -40,11 +38,25 @@ impl OkrCollector for AdoptionCollector {
         ctx: &'a CollectContext,
     ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
         Box::pin(async move {
-            let rows: Vec<Row> = sqlx::query_as(SQL)
-                .bind(ctx.now)
-                .bind(ctx.windows.longest().as_secs_f64())
-                .fetch_all(&mut *conn)
-                .await?;
+            // Creator ids are borrowed from each row into a dictionary:
+            // one allocation per creator, not per row.
+            let mut creator_ids = Interner::default();
+            let mut rows: Vec<(usize, DateTime<Utc>, Option<DateTime<Utc>>)> = Vec::new();
+            {
+                let mut stream = sqlx::query(SQL)
+                    .bind(ctx.now)
+                    .bind(ctx.windows.longest().as_secs_f64())
+                    .fetch(&mut *conn);
+                let mut decoder = RowDecoder::default();
+                while let Some(row) = stream.try_next().await? {
+                    rows.push((
+                        creator_ids.id(decoder.get(&row, 0)?),
+                        decoder.get(&row, 1)?,
+                        decoder.get(&row, 2)?,
+                    ));
+                    decoder.row_done();
+                }
+            }
             let mut created = Family::new(
                 "okr_followups_created",
                 "Follow-ups created in the window (followups.created_at).",
@@ -61,35 +73,34 @@ impl OkrCollector for AdoptionCollector {
                 "okr_repeat_creators_ratio",
                 "Creators with two or more follow-ups created in the window / creators with at least one.",
             );
-            // One pass: per creator, follow-ups created in each window
-            // (-1 marks "only published there").
+            // One pass: per creator and window, follow-ups created there
+            // (-1: none created, none published; 0: only published there).
             let now = ctx.now;
             let starts = ctx.window_starts();
             let n = starts.len();
             let mut n_created = vec![0_i64; n];
             let mut n_published = vec![0_i64; n];
-            let mut creators: HashMap<&str, Vec<i64>> = HashMap::new();
+            let mut per_creator = vec![-1_i64; n * creator_ids.len()];
             for (creator, created_at, published_at) in &rows {
-                let entry = creators
-                    .entry(creator.as_str())
-                    .or_insert_with(|| vec![-1; n]);
-                for i in 0..n {
-                    let inside = |t: DateTime<Utc>| t > starts[i] && t <= now;
+                for (i, start) in starts.iter().enumerate() {
+                    let inside = |t: DateTime<Utc>| t > *start && t <= now;
                     let c = inside(*created_at);
                     let p = published_at.is_some_and(inside);
                     n_created[i] += i64::from(c);
                     n_published[i] += i64::from(p);
+                    let entry = &mut per_creator[creator * n + i];
                     if c {
-                        entry[i] = entry[i].max(0) + 1;
+                        *entry = (*entry).max(0) + 1;
                     } else if p {
-                        entry[i] = entry[i].max(0);
+                        *entry = (*entry).max(0);
                     }
                 }
             }
             for (i, w) in ctx.windows.0.iter().enumerate() {
-                let active_n = creators.values().filter(|c| c[i] >= 0).count() as i64;
-                let with_one = creators.values().filter(|c| c[i] >= 1).count() as i64;
-                let with_two = creators.values().filter(|c| c[i] >= 2).count() as i64;
+                let column = || per_creator.iter().skip(i).step_by(n.max(1));
+                let active_n = column().filter(|c| **c >= 0).count() as i64;
+                let with_one = column().filter(|c| **c >= 1).count() as i64;
+                let with_two = column().filter(|c| **c >= 2).count() as i64;
                 created.push_window(&w.label, n_created[i] as f64);
                 published.push_window(&w.label, n_published[i] as f64);
                 active.push_window(&w.label, active_n as f64);

@@ -6,14 +6,16 @@ use sqlx::PgConnection;
 
 use super::{CollectContext, Family, OkrCollector};
 
-// Range scan of okr_next_actions_action_at_idx per window; the mean is taken
-// in numeric (extract(epoch …)) so it is exact to the microsecond.
+// Index-only range scan of okr_next_actions_action_at_idx per window. The
+// mean is taken over float8 seconds (date_part): extract() yields numeric,
+// whose per-row arithmetic doubled the query's time (8 vs 18 ms at 26k rows);
+// a float8 sum of even a million such terms stays within a microsecond.
 const SQL: &str = "
 SELECT w.label, x.n, x.avg_seconds
 FROM unnest($1::text[], $2::float8[]) AS w(label, secs)
 CROSS JOIN LATERAL (
     SELECT count(*) AS n,
-           avg(extract(epoch FROM a.action_at - a.published_at))::float8 AS avg_seconds
+           avg(date_part('epoch', a.action_at - a.published_at)) AS avg_seconds
     FROM okr_next_actions a
     WHERE a.action_at > $3 - make_interval(secs => w.secs)
       AND a.action_at <= $3
