@@ -317,7 +317,7 @@ impl Case {
 }
 
 /// The whole stack: an axum router with one `GET /api/followups/{id}` route.
-fn router_cases() -> Vec<Case> {
+fn router_cases(logged: Option<HttpMetricsLayer>) -> Vec<Case> {
     let mut registry = Registry::default();
     let metrics = HttpMetricsLayer::new(&mut registry);
     let mut naive_registry = Registry::default();
@@ -333,7 +333,7 @@ fn router_cases() -> Vec<Case> {
         Case::router("empty_layer", prepared(routes().layer(PassThroughLayer))),
         Case::router("metrics_layer", prepared(routes().layer(metrics.clone()))),
     ];
-    if let Some(logged) = request_log_layer() {
+    if let Some(logged) = logged {
         cases.push(Case::router(
             "metrics_layer_request_log",
             prepared(routes().layer(logged)),
@@ -398,7 +398,7 @@ fn request_log_layer() -> Option<HttpMetricsLayer> {
 /// The layers alone around a service that answers at once, with the request's
 /// `MatchedPath` set as axum would: the middleware's own cost without the
 /// router's (and its noise).
-fn layer_only_cases() -> Vec<Case> {
+fn layer_only_cases(logged: Option<HttpMetricsLayer>) -> Vec<Case> {
     let inner = tower::service_fn(|_: Request<Body>| {
         std::future::ready(Ok::<_, Infallible>(Response::new(Body::empty())))
     });
@@ -407,9 +407,17 @@ fn layer_only_cases() -> Vec<Case> {
     let mut naive_registry = Registry::default();
     let naive = NaiveLayer::new(&mut naive_registry);
     let clock = quanta::Clock::new();
-    vec![
+    let mut cases = vec![
         Case::service("empty_layer", PassThroughLayer.layer(inner)),
         Case::service("metrics_layer", metrics.layer(inner)),
+    ];
+    if let Some(logged) = logged {
+        cases.push(Case::service(
+            "metrics_layer_request_log",
+            logged.layer(inner),
+        ));
+    }
+    cases.extend([
         Case::service("naive_prometheus_client", naive.layer(inner)),
         Case {
             name: "control_no_sharing",
@@ -425,7 +433,8 @@ fn layer_only_cases() -> Vec<Case> {
                 })
             }),
         },
-    ]
+    ]);
+    cases
 }
 
 /// Arithmetic that touches no memory shared between threads, about as long
@@ -652,8 +661,9 @@ fn benches(c: &mut Criterion) {
         .build()
         .expect("tokio runtime");
     let _entered = runtime.enter();
-    let router_cases = router_cases();
-    let layer_cases = layer_only_cases();
+    let logged = request_log_layer();
+    let router_cases = router_cases(logged.clone());
+    let layer_cases = layer_only_cases(logged);
     // After building the layers: their shard count follows the parallelism
     // the building thread may use.
     pin_to_cpu(0);
@@ -704,6 +714,11 @@ fn benches(c: &mut Criterion) {
         print_paired(&title, cases, &results, &["bare", "empty_layer"]);
     }
 
+    // `PAIRED_ONLY=1 cargo bench --bench http_metrics` stops after the
+    // paired comparison (about a minute instead of three).
+    if std::env::var_os("PAIRED_ONLY").is_some() {
+        return;
+    }
     for (group, cases) in [("router", &router_cases), ("layer_only", &layer_cases)] {
         let mut criterion_group = c.benchmark_group(format!("{group}_1_thread"));
         for case in cases.iter() {

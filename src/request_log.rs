@@ -2,18 +2,20 @@
 //! request of a service instrumented with [`HttpMetricsLayer`].
 //!
 //! The middleware hands each finished request to [`RequestLog`] (a
-//! [`RequestSink`]), which only pushes it onto a bounded lock-free queue: a
-//! full queue drops the row and counts it
+//! [`RequestSink`]), which only moves it into a bounded lock-free queue of
+//! the recording thread's shard (threads do not contend on one queue's
+//! tail): a full queue drops the row and counts it
 //! (`okr_exporter_request_log_dropped_total`) instead of slowing requests.
-//! Nothing on the request path wakes the writer (a cross-thread wake per
-//! request cost ~1.3 µs in the router benchmark, more than the whole
-//! middleware): the writer task drains the queue every `flush_every`, inserts
-//! rows in batches, deletes rows older than the retention, and drains what is
-//! queued on shutdown.
+//! Everything else happens in the writer task, off the request path: it
+//! drains the queues every `flush_every` (a cross-thread wake per request
+//! cost ~1.3 µs in the router benchmark, more than the whole middleware),
+//! converts and inserts rows in batches, deletes rows older than the
+//! retention, and drains what is queued on shutdown.
 //!
 //! [`HttpMetricsLayer`]: crate::http_metrics::HttpMetricsLayer
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
@@ -24,7 +26,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::http_metrics::{RequestRecord, RequestSink};
+use crate::http_metrics::{RequestRecord, RequestSink, shard_count, thread_shard};
 
 /// Default queue capacity (rows waiting to be written).
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -35,37 +37,65 @@ const INSERT_SQL: &str = "
 INSERT INTO performance_metrics (\"timestamp\", endpoint, method, response_time_ms, status_code, user_id)
 SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::float8[], $5::int4[], $6::text[])";
 
-/// One queued row.
-#[derive(Debug, Clone)]
-struct Row {
-    at: DateTime<Utc>,
-    route: Arc<str>,
-    method: http::Method,
-    response_time_ms: f64,
-    status: i32,
-    user_id: Option<String>,
+/// Per-thread queues of finished requests.
+#[derive(Debug)]
+struct Queues(Box<[Shard]>);
+
+/// One thread shard's queue and its drop count, on cache lines of its own:
+/// a count shared by all threads cost ~40 ns per request with two threads
+/// in the saturating layer benchmark (BENCHMARKS.md), where most pushes
+/// find the queue full.
+#[derive(Debug)]
+#[repr(align(128))]
+struct Shard {
+    queue: ArrayQueue<RequestRecord>,
+    dropped: AtomicU64,
+}
+
+impl Queues {
+    /// `capacity` rows in all, split between the shards.
+    fn new(capacity: usize) -> Self {
+        let shards = shard_count();
+        let each = capacity.div_ceil(shards).max(1);
+        Self(
+            (0..shards)
+                .map(|_| Shard {
+                    queue: ArrayQueue::new(each),
+                    dropped: AtomicU64::new(0),
+                })
+                .collect(),
+        )
+    }
+
+    fn len(&self) -> usize {
+        self.0.iter().map(|s| s.queue.len()).sum()
+    }
+
+    /// Rows dropped since the last call.
+    fn take_dropped(&self) -> u64 {
+        self.0
+            .iter()
+            .map(|s| s.dropped.swap(0, Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// The sink the middleware feeds.
 #[derive(Debug)]
 pub struct RequestLog {
-    queue: Arc<ArrayQueue<Row>>,
-    dropped: Counter,
+    queues: Arc<Queues>,
 }
 
 impl RequestSink for RequestLog {
-    fn record(&self, r: &RequestRecord) {
-        let row = Row {
-            at: DateTime::<Utc>::from(r.started_at),
-            route: Arc::clone(&r.route),
-            // A standard method clones without allocating.
-            method: r.method.clone(),
-            response_time_ms: r.duration.as_secs_f64() * 1000.0,
-            status: i32::from(r.status),
-            user_id: r.user_id.clone(),
-        };
-        if self.queue.push(row).is_err() {
-            self.dropped.inc();
+    #[inline]
+    fn record(&self, record: RequestRecord) {
+        let shards = &self.queues.0;
+        // The shard count is a power of two.
+        let shard = &shards[thread_shard() & (shards.len() - 1)];
+        if shard.queue.push(record).is_err() {
+            // Counted into okr_exporter_request_log_dropped_total by the
+            // writer, at its next drain.
+            shard.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }
 }
@@ -73,7 +103,7 @@ impl RequestSink for RequestLog {
 /// Settings of the request log.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestLogOptions {
-    /// Queue capacity.
+    /// Queue capacity (rows in all; split between per-thread queues).
     pub capacity: usize,
     /// Rows per INSERT.
     pub batch: usize,
@@ -132,32 +162,32 @@ pub fn start(
         "Request-log rows written to performance_metrics.",
         written.clone(),
     );
-    let queue = Arc::new(ArrayQueue::new(options.capacity.max(1)));
+    let queues = Arc::new(Queues::new(options.capacity));
     let stop = Arc::new(Notify::new());
     let task = tokio::spawn(write_loop(
         pool,
-        Arc::clone(&queue),
+        Arc::clone(&queues),
         Arc::clone(&stop),
         options,
-        dropped.clone(),
+        dropped,
         written,
     ));
     (
-        Arc::new(RequestLog { queue, dropped }),
+        Arc::new(RequestLog { queues }),
         RequestLogWriter { stop, task },
     )
 }
 
 async fn write_loop(
     pool: PgPool,
-    queue: Arc<ArrayQueue<Row>>,
+    queues: Arc<Queues>,
     stop: Arc<Notify>,
     options: RequestLogOptions,
     dropped: Counter,
     written: Counter,
 ) {
     let batch = options.batch.max(1);
-    let mut buf: Vec<Row> = Vec::with_capacity(batch);
+    let mut buf: Vec<RequestRecord> = Vec::with_capacity(batch);
     let mut last_prune: Option<tokio::time::Instant> = None;
     let mut tick = tokio::time::interval(options.flush_every.max(Duration::from_millis(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -166,20 +196,29 @@ async fn write_loop(
             _ = tick.tick() => false,
             () = stop.notified() => true,
         };
+        dropped.inc_by(queues.take_dropped());
         if last_prune.is_none_or(|t| t.elapsed() >= options.prune_every) {
             prune(&pool, options.retention).await;
             last_prune = Some(tokio::time::Instant::now());
         }
         // Drain what is queued now (rows arriving meanwhile wait for the
         // next tick, so a busy service cannot keep the writer here).
-        let mut left = queue.len();
+        let mut left = queues.len();
+        let mut shards = queues.0.iter();
+        let mut shard = shards.next();
         while left > 0 {
             while buf.len() < batch && left > 0 {
+                let Some(Shard { queue, .. }) = shard else {
+                    left = 0;
+                    break;
+                };
                 match queue.pop() {
-                    Some(row) => buf.push(row),
-                    None => left = 1,
+                    Some(row) => {
+                        buf.push(row);
+                        left -= 1;
+                    }
+                    None => shard = shards.next(),
                 }
-                left -= 1;
             }
             insert(&pool, &mut buf, &dropped, &written).await;
         }
@@ -189,7 +228,7 @@ async fn write_loop(
     }
 }
 
-async fn insert(pool: &PgPool, buf: &mut Vec<Row>, dropped: &Counter, written: &Counter) {
+async fn insert(pool: &PgPool, buf: &mut Vec<RequestRecord>, dropped: &Counter, written: &Counter) {
     if buf.is_empty() {
         return;
     }
@@ -201,11 +240,11 @@ async fn insert(pool: &PgPool, buf: &mut Vec<Row>, dropped: &Counter, written: &
     let mut status = Vec::with_capacity(buf.len());
     let mut user = Vec::with_capacity(buf.len());
     for r in buf.drain(..) {
-        at.push(r.at);
-        route.push(r.route.to_string());
+        at.push(DateTime::<Utc>::from(r.started_at));
+        route.push(r.route);
         method.push(r.method.as_str().to_owned());
-        ms.push(r.response_time_ms);
-        status.push(r.status);
+        ms.push(r.duration.as_secs_f64() * 1000.0);
+        status.push(i32::from(r.status));
         user.push(r.user_id);
     }
     let result = sqlx::query(INSERT_SQL)

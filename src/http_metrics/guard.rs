@@ -1,23 +1,14 @@
 //! The per-request guard that records exactly once, when it is dropped.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::layer::State;
-use super::sink::{LogContext, RequestRecord, RequestSink};
+use super::sink::{LogExtra, LogState, RequestRecord};
 use super::store::{RouteSeries, thread_shard};
 use super::{STATUS_CLIENT_CLOSED_REQUEST, STATUS_INTERNAL_ERROR};
 
 /// Status value meaning "no response yet".
 const NO_RESPONSE: u16 = 0;
-
-/// What a request keeps for the request log; only built when a sink is set,
-/// and boxed so that requests without a sink carry one pointer, not the whole
-/// context (the guard is moved several times per request).
-pub(crate) struct RequestLog {
-    pub(crate) sink: Arc<dyn RequestSink>,
-    pub(crate) context: LogContext,
-}
 
 /// Lives in the response future, then in the response body when the body
 /// streams. Whoever drops it last (response ready, body finished, client gone)
@@ -29,7 +20,9 @@ pub(crate) struct RequestGuard {
     status: u16,
     /// Raw clock reading, see [`State::clock`].
     start: u64,
-    log: Option<Box<RequestLog>>,
+    /// Empty unless a request sink is set and the request has a user id or
+    /// a non-standard method.
+    log: LogExtra,
 }
 
 impl RequestGuard {
@@ -39,7 +32,7 @@ impl RequestGuard {
         state: &'static State,
         route: &'static RouteSeries,
         method: u8,
-        log: Option<Box<RequestLog>>,
+        log: LogExtra,
     ) -> Self {
         route.start(thread_shard(), method);
         Self {
@@ -63,7 +56,8 @@ impl Drop for RequestGuard {
     #[inline]
     fn drop(&mut self) {
         let clock = &self.state.clock;
-        let nanos = clock.delta_as_nanos(self.start, clock.raw());
+        let end = clock.raw();
+        let nanos = clock.delta_as_nanos(self.start, end);
         let status = match self.status {
             NO_RESPONSE if std::thread::panicking() => STATUS_INTERNAL_ERROR,
             NO_RESPONSE => STATUS_CLIENT_CLOSED_REQUEST,
@@ -71,20 +65,22 @@ impl Drop for RequestGuard {
         };
         self.route
             .observe(&self.state.buckets, self.method, status, nanos);
-        if let Some(log) = self.log.take() {
-            send_record(self.route, *log, status, nanos);
+        if let Some(log) = &self.state.log {
+            self.send_record(log, status, nanos, end);
         }
     }
 }
 
-#[cold]
-fn send_record(route: &RouteSeries, log: RequestLog, status: u16, nanos: u64) {
-    log.sink.record(&RequestRecord {
-        route: Arc::clone(route.label()),
-        method: log.context.method,
-        status,
-        duration: Duration::from_nanos(nanos),
-        started_at: log.context.started_at,
-        user_id: log.context.user_id,
-    });
+impl RequestGuard {
+    #[inline(never)]
+    fn send_record(&mut self, log: &LogState, status: u16, nanos: u64, end: u64) {
+        log.sink.record(RequestRecord {
+            route: self.route.label_str(),
+            method: self.log.method(self.method),
+            status,
+            duration: Duration::from_nanos(nanos),
+            started_at: log.wall.time_of(&self.state.clock, self.start, end),
+            user_id: self.log.user_id.take(),
+        });
+    }
 }

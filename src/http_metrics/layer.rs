@@ -9,20 +9,18 @@ use tower::Layer;
 
 use super::exposition::{ActiveRequests, LatencyTargets, RequestDuration};
 use super::service::HttpMetrics;
-use super::sink::RequestSink;
+use super::sink::{LogState, RequestSink, WallClock};
 use super::store::{Buckets, RouteTable, method_index, shard_count};
 use super::{DEFAULT_BUCKETS, DEFAULT_UNMATCHED_ROUTE};
 
 /// A tower layer recording `http_server_*` metrics for every request of the
 /// service it wraps; see the [module documentation](super).
 ///
-/// Cloning is cheap (a pointer copy, plus a reference count when a request
-/// sink is set): create the layer once per registry, at start-up, and clone
-/// it wherever it is needed.
+/// Cloning is a pointer copy: create the layer once per registry, at
+/// start-up, and clone it wherever it is needed.
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
     state: &'static State,
-    sink: Option<Arc<dyn RequestSink>>,
 }
 
 impl HttpMetricsLayer {
@@ -43,8 +41,11 @@ impl fmt::Debug for HttpMetricsLayer {
         f.debug_struct("HttpMetricsLayer")
             .field("buckets", &self.state.buckets.bounds())
             .field("latency_targets", &self.state.targets)
-            .field("sink", &self.sink.is_some())
-            .field("user_id_header", &self.state.user_id_header)
+            .field("sink", &self.state.log.is_some())
+            .field(
+                "user_id_header",
+                &self.state.log.as_ref().map(|l| &l.user_id_header),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -53,7 +54,7 @@ impl<S> Layer<S> for HttpMetricsLayer {
     type Service = HttpMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics::new(inner, self.state, self.sink.clone())
+        HttpMetrics::new(inner, self.state)
     }
 }
 
@@ -169,6 +170,12 @@ impl HttpMetricsBuilder {
     pub fn register(self, registry: &mut Registry) -> HttpMetricsLayer {
         let targets = self.targets.unwrap_or_else(default_targets);
         let shards = shard_count();
+        let clock = quanta::Clock::new();
+        let log = self.sink.map(|sink| LogState {
+            sink,
+            user_id_header: self.user_id_header,
+            wall: WallClock::new(&clock),
+        });
         // Leaked on purpose: requests, services and the registry all hold a
         // plain `&'static` instead of an `Arc`, because axum clones the
         // service for every request and a shared reference count costs a
@@ -179,9 +186,9 @@ impl HttpMetricsBuilder {
             buckets: Buckets::new(&self.buckets, &DEFAULT_BUCKETS),
             routes: RouteTable::new(self.unmatched_route_label, shards),
             targets,
-            user_id_header: self.user_id_header,
-            // Calibrates the TSC once, here rather than on the first request.
-            clock: quanta::Clock::new(),
+            log,
+            // Calibrated once, here rather than on the first request.
+            clock,
         }));
         registry.register_with_unit(
             "http_server_request_duration",
@@ -201,10 +208,7 @@ impl HttpMetricsBuilder {
             Unit::Seconds,
             LatencyTargets(state),
         );
-        HttpMetricsLayer {
-            state,
-            sink: self.sink,
-        }
+        HttpMetricsLayer { state }
     }
 }
 
@@ -237,7 +241,8 @@ pub(crate) struct State {
     pub(crate) buckets: Buckets,
     pub(crate) routes: RouteTable,
     pub(crate) targets: Vec<LatencyTarget>,
-    pub(crate) user_id_header: Option<HeaderName>,
+    /// Set when a request sink is configured.
+    pub(crate) log: Option<LogState>,
     /// TSC-based where available: two reads cost less than half of two
     /// `std::time::Instant::now()` calls on the benchmark machine, the largest
     /// single item of the per-request cost.

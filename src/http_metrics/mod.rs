@@ -85,8 +85,8 @@
 //! [`HttpMetricsBuilder::request_sink`] feeds a [`RequestSink`] one
 //! [`RequestRecord`] per request, with the user id taken from the header set
 //! by [`HttpMetricsBuilder::user_id_header`]. Without a sink nothing is
-//! captured or allocated for it; with one, a request costs one allocation for
-//! its log context (two with a user id).
+//! captured or allocated for it; with one, a request allocates nothing more
+//! unless it carries a user id (one string) or a non-standard method.
 //!
 //! [`MatchedPath`]: axum::extract::MatchedPath
 
@@ -103,6 +103,7 @@ pub use future::ResponseFuture;
 pub use layer::{HttpMetricsBuilder, HttpMetricsLayer};
 pub use service::HttpMetrics;
 pub use sink::{MAX_USER_ID_LEN, RequestRecord, RequestSink};
+pub(crate) use store::{shard_count, thread_shard};
 
 /// Default histogram bucket upper bounds in seconds: the OpenTelemetry HTTP
 /// boundaries plus 0.2, so that every default latency target is a bucket edge.

@@ -1,6 +1,5 @@
 //! The middleware service.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::MatchedPath;
@@ -8,9 +7,9 @@ use http::{Request, Response};
 use tower::Service;
 
 use super::future::ResponseFuture;
-use super::guard::{RequestGuard, RequestLog};
+use super::guard::RequestGuard;
 use super::layer::State;
-use super::sink::{LogContext, RequestSink};
+use super::sink::LogExtra;
 use super::store::method_index;
 
 /// The service produced by [`HttpMetricsLayer`](super::HttpMetricsLayer):
@@ -22,12 +21,11 @@ use super::store::method_index;
 pub struct HttpMetrics<S> {
     inner: S,
     state: &'static State,
-    sink: Option<Arc<dyn RequestSink>>,
 }
 
 impl<S> HttpMetrics<S> {
-    pub(crate) fn new(inner: S, state: &'static State, sink: Option<Arc<dyn RequestSink>>) -> Self {
-        Self { inner, state, sink }
+    pub(crate) fn new(inner: S, state: &'static State) -> Self {
+        Self { inner, state }
     }
 }
 
@@ -64,12 +62,10 @@ where
             .get::<MatchedPath>()
             .map(MatchedPath::as_str);
         let route = self.state.routes.resolve(template);
-        let log = self.sink.as_ref().map(|sink| {
-            Box::new(RequestLog {
-                sink: Arc::clone(sink),
-                context: LogContext::capture(&request, self.state.user_id_header.as_ref()),
-            })
-        });
+        let log = match &self.state.log {
+            Some(log) => LogExtra::capture(&request, method, log.user_id_header.as_ref()),
+            None => LogExtra::default(),
+        };
         let guard = RequestGuard::start(self.state, route, method, log);
         ResponseFuture::new(self.inner.call(request), guard)
     }

@@ -1,31 +1,35 @@
 //! The optional per-request log fed by the middleware.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::Method;
+use http::{HeaderName, Method};
+
+use super::store::METHOD_OTHER;
 
 /// Receives one [`RequestRecord`] per finished request, for example to write
 /// a request log.
 ///
 /// `record` runs inline, when the request is recorded (response ready, body
 /// finished, or request dropped), so it must be cheap and must not block or
-/// panic: hand the record to a channel or buffer and do the I/O elsewhere.
+/// panic: hand the record to a queue and do the I/O elsewhere. It receives
+/// the record by value, so keeping it costs no copy.
 pub trait RequestSink: Send + Sync + 'static {
     /// Called once per request, with the same duration and labels the
     /// histogram observed.
-    fn record(&self, record: &RequestRecord);
+    fn record(&self, record: RequestRecord);
 }
 
 /// One finished request, as handed to a [`RequestSink`].
 ///
-/// Records are built only when a sink is configured; without one the
-/// middleware allocates nothing for them.
+/// Building one allocates nothing unless the request carries a user id or a
+/// non-standard method.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RequestRecord {
     /// The `http_route` label: the matched route template, or the unmatched
     /// label — never the raw path.
-    pub route: Arc<str>,
+    pub route: &'static str,
     /// The request method as received (the histogram label folds
     /// non-standard methods into `_OTHER`).
     pub method: Method,
@@ -35,7 +39,8 @@ pub struct RequestRecord {
     /// Time from the middleware seeing the request to the response being
     /// complete (see the module documentation for what "complete" means).
     pub duration: Duration,
-    /// Wall-clock time the request arrived.
+    /// Wall-clock time the request arrived (see [`WallClock`] for how it is
+    /// derived without a system call per request).
     pub started_at: SystemTime,
     /// The value of the configured user-id header, if it was present, valid
     /// visible ASCII and at most [`MAX_USER_ID_LEN`] bytes long.
@@ -46,36 +51,133 @@ pub struct RequestRecord {
 /// values are treated as absent.
 pub const MAX_USER_ID_LEN: usize = 256;
 
-/// What the request guard keeps for the sink; only built when a sink is set.
-#[derive(Debug)]
-pub(crate) struct LogContext {
-    pub(crate) method: Method,
-    pub(crate) started_at: SystemTime,
+/// The request log's settings, kept in the layer's shared state.
+pub(crate) struct LogState {
+    pub(crate) sink: Arc<dyn RequestSink>,
+    pub(crate) user_id_header: Option<HeaderName>,
+    pub(crate) wall: WallClock,
+}
+
+/// What a request keeps for the sink beyond what the histogram needs. Empty
+/// (and allocation-free) for a standard method without a user id.
+#[derive(Debug, Default)]
+pub(crate) struct LogExtra {
+    /// A method outside the standard set, as received (boxed: rare, and it
+    /// keeps the request guard small).
+    pub(crate) other_method: Option<Box<Method>>,
     pub(crate) user_id: Option<String>,
 }
 
-impl LogContext {
+impl LogExtra {
     pub(crate) fn capture<B>(
         request: &http::Request<B>,
-        user_id_header: Option<&http::HeaderName>,
+        method: u8,
+        user_id_header: Option<&HeaderName>,
     ) -> Self {
         let user_id = user_id_header
             .and_then(|name| request.headers().get(name))
             .and_then(|value| value.to_str().ok())
             .filter(|value| value.len() <= MAX_USER_ID_LEN)
             .map(str::to_owned);
+        let other_method = (method == METHOD_OTHER).then(|| Box::new(request.method().clone()));
         Self {
-            method: request.method().clone(),
-            started_at: SystemTime::now(),
+            other_method,
             user_id,
         }
     }
+
+    /// The method as received, given its label index.
+    pub(crate) fn method(&mut self, index: u8) -> Method {
+        match self.other_method.take() {
+            Some(method) => *method,
+            None => standard_method(index),
+        }
+    }
+}
+
+/// The standard method of a label index (cloning one allocates nothing).
+fn standard_method(index: u8) -> Method {
+    match index {
+        1 => Method::HEAD,
+        2 => Method::POST,
+        3 => Method::PUT,
+        4 => Method::DELETE,
+        5 => Method::CONNECT,
+        6 => Method::OPTIONS,
+        7 => Method::TRACE,
+        8 => Method::PATCH,
+        _ => Method::GET,
+    }
+}
+
+/// Turns the middleware's raw clock readings into wall-clock time without a
+/// system call per request: the offset between the wall clock and the raw
+/// clock (scaled to nanoseconds) is taken once, then re-taken at most once a
+/// second, so clock steps and calibration drift show within a second.
+///
+/// One atomic word holds the offset, so a reader never sees half of an
+/// update; concurrent refreshes each store a valid offset.
+pub(crate) struct WallClock {
+    /// Wall-clock nanoseconds since the Unix epoch minus raw-clock
+    /// nanoseconds, at the last refresh.
+    offset: AtomicI64,
+    /// Raw reading after which the offset is re-taken (compared raw, so the
+    /// per-request check needs no conversion).
+    refresh_after: AtomicU64,
+    /// Raw ticks in one second.
+    ticks_per_refresh: u64,
+}
+
+impl WallClock {
+    pub(crate) fn new(clock: &quanta::Clock) -> Self {
+        // The raw clock's rate, from its own scaling of a large span.
+        let span: u64 = 1 << 40;
+        let nanos = u128::from(clock.delta_as_nanos(0, span).max(1));
+        let ticks = u128::from(span) * 1_000_000_000 / nanos;
+        let this = Self {
+            offset: AtomicI64::new(0),
+            refresh_after: AtomicU64::new(0),
+            ticks_per_refresh: u64::try_from(ticks).unwrap_or(u64::MAX).max(1),
+        };
+        this.refresh(clock);
+        this
+    }
+
+    /// The wall-clock time of the raw reading `at`, `now` being a later one.
+    #[inline]
+    pub(crate) fn time_of(&self, clock: &quanta::Clock, at: u64, now: u64) -> SystemTime {
+        if now >= self.refresh_after.load(Ordering::Relaxed) {
+            self.refresh(clock);
+        }
+        let nanos = self.offset.load(Ordering::Relaxed) + raw_nanos(clock, at);
+        u64::try_from(nanos).map_or(UNIX_EPOCH, |n| UNIX_EPOCH + Duration::from_nanos(n))
+    }
+
+    #[cold]
+    fn refresh(&self, clock: &quanta::Clock) {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
+        let raw = clock.raw();
+        self.offset
+            .store(wall - raw_nanos(clock, raw), Ordering::Relaxed);
+        self.refresh_after.store(
+            raw.saturating_add(self.ticks_per_refresh),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A raw reading as nanoseconds since the raw clock's zero.
+#[inline]
+fn raw_nanos(clock: &quanta::Clock, raw: u64) -> i64 {
+    i64::try_from(clock.delta_as_nanos(0, raw)).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::{HeaderName, Request};
+    use http::Request;
 
     #[test]
     fn user_id_is_taken_only_from_the_configured_header() {
@@ -85,10 +187,10 @@ mod tests {
             .header("x-other", "nope")
             .body(())
             .unwrap();
-        let ctx = LogContext::capture(&request, Some(&header));
-        assert_eq!(ctx.user_id.as_deref(), Some("u-42"));
-        assert_eq!(ctx.method, Method::POST);
-        assert_eq!(LogContext::capture(&request, None).user_id, None);
+        let mut extra = LogExtra::capture(&request, 2, Some(&header));
+        assert_eq!(extra.user_id.as_deref(), Some("u-42"));
+        assert_eq!(extra.method(2), Method::POST);
+        assert_eq!(LogExtra::capture(&request, 2, None).user_id, None);
     }
 
     #[test]
@@ -99,7 +201,7 @@ mod tests {
             .header("x-user-id", long.as_str())
             .body(())
             .unwrap();
-        assert_eq!(LogContext::capture(&request, Some(&header)).user_id, None);
+        assert_eq!(LogExtra::capture(&request, 0, Some(&header)).user_id, None);
         let request = Request::get("/x")
             .header(
                 "x-user-id",
@@ -107,6 +209,50 @@ mod tests {
             )
             .body(())
             .unwrap();
-        assert_eq!(LogContext::capture(&request, Some(&header)).user_id, None);
+        assert_eq!(LogExtra::capture(&request, 0, Some(&header)).user_id, None);
+    }
+
+    #[test]
+    fn methods_come_back_as_received() {
+        for method in [
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::CONNECT,
+            Method::OPTIONS,
+            Method::TRACE,
+            Method::PATCH,
+            Method::from_bytes(b"PURGE").unwrap(),
+        ] {
+            let index = super::super::store::method_index(&method);
+            let request = Request::builder().method(method.clone()).body(()).unwrap();
+            let mut extra = LogExtra::capture(&request, index, None);
+            assert_eq!(extra.method(index), method);
+        }
+    }
+
+    #[test]
+    fn wall_clock_matches_system_time() {
+        let clock = quanta::Clock::new();
+        let wall = WallClock::new(&clock);
+        // The offset is re-taken every second of the raw clock.
+        let second = clock.delta_as_nanos(0, wall.ticks_per_refresh);
+        assert!((999_000_000..=1_001_000_000).contains(&second), "{second}");
+        let before = SystemTime::now();
+        let raw = clock.raw();
+        let after = SystemTime::now();
+        let t = wall.time_of(&clock, raw, clock.raw());
+        let slack = Duration::from_millis(5);
+        assert!(
+            t + slack >= before && t <= after + slack,
+            "{t:?} not in [{before:?}, {after:?}]"
+        );
+        // A reading taken before a refresh still converts.
+        let earlier = clock.raw();
+        std::thread::sleep(Duration::from_millis(20));
+        let t2 = wall.time_of(&clock, earlier, clock.raw());
+        assert!(t2 + slack >= t && t2 <= SystemTime::now());
     }
 }

@@ -29,6 +29,9 @@ pub(crate) const METHOD_LABELS: [&str; METHOD_COUNT] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
 ];
 
+/// Label index of `_OTHER`.
+pub(crate) const METHOD_OTHER: u8 = 9;
+
 /// Maps a request method to its label index; anything outside the standard
 /// set becomes `_OTHER`, which bounds the label's cardinality.
 #[inline]
@@ -53,7 +56,7 @@ pub(crate) fn method_index(method: &Method) -> u8 {
     } else if *method == Method::TRACE {
         7
     } else {
-        9
+        METHOD_OTHER
     }
 }
 
@@ -266,6 +269,11 @@ impl RouteSeries {
 
     /// The `http_route` label value.
     pub(crate) fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    /// The label of a series that lives for the rest of the process.
+    pub(crate) fn label_str(&'static self) -> &'static str {
         &self.label
     }
 

@@ -416,8 +416,8 @@ fn tokio_stream_from<T: Send + 'static>(
 struct CollectingSink(Mutex<Vec<RequestRecord>>);
 
 impl RequestSink for CollectingSink {
-    fn record(&self, record: &RequestRecord) {
-        self.0.lock().unwrap().push(record.clone());
+    fn record(&self, record: RequestRecord) {
+        self.0.lock().unwrap().push(record);
     }
 }
 
@@ -443,12 +443,12 @@ async fn sink_receives_one_record_per_request() {
 
     let records = sink.0.lock().unwrap().clone();
     assert_eq!(records.len(), 2);
-    assert_eq!(&*records[0].route, "/api/followups/{id}");
+    assert_eq!(records[0].route, "/api/followups/{id}");
     assert_eq!(records[0].method, Method::GET);
     assert_eq!(records[0].status, 200);
     assert_eq!(records[0].user_id.as_deref(), Some("seller-1"));
     assert!(records[0].started_at >= before);
-    assert_eq!(&*records[1].route, DEFAULT_UNMATCHED_ROUTE);
+    assert_eq!(records[1].route, DEFAULT_UNMATCHED_ROUTE);
     assert_eq!(records[1].status, 404);
     assert_eq!(records[1].user_id, None);
 }

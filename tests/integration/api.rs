@@ -615,7 +615,7 @@ async fn read_endpoints_require_credentials_when_configured() {
 
 fn record(i: u64) -> RequestRecord {
     RequestRecord {
-        route: "/api/followups/{id}".into(),
+        route: "/api/followups/{id}",
         method: http::Method::PATCH,
         status: 200,
         duration: Duration::from_micros(1500 + i),
@@ -645,7 +645,7 @@ async fn request_log_batches_drops_when_full_and_flushes_on_shutdown() {
     };
     let (sink, writer) = request_log::start(db.pool.clone(), &mut registry, options);
     for i in 0..250 {
-        sink.record(&record(i));
+        sink.record(record(i));
     }
     assert!(
         crate::support::eventually(Duration::from_secs(10), || async {
@@ -665,7 +665,7 @@ async fn request_log_batches_drops_when_full_and_flushes_on_shutdown() {
         "{statements} inserts for 250 rows"
     );
     // Flush on shutdown: a flush interval that never comes.
-    sink.record(&record(0));
+    sink.record(record(0));
     writer.shutdown().await;
     let mut registry = Registry::default();
     let options = RequestLogOptions {
@@ -676,7 +676,7 @@ async fn request_log_batches_drops_when_full_and_flushes_on_shutdown() {
     // The first tick comes at once; rows recorded after it wait for shutdown.
     tokio::time::sleep(Duration::from_millis(100)).await;
     for i in 0..40 {
-        late_sink.record(&record(i));
+        late_sink.record(record(i));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(log_rows(&db).await, 251, "not written before shutdown");
@@ -710,7 +710,7 @@ async fn request_log_batches_drops_when_full_and_flushes_on_shutdown() {
     let (sink, writer) = request_log::start(db2.pool.clone(), &mut registry, options);
     let started = std::time::Instant::now();
     for i in 0..2000 {
-        sink.record(&record(i));
+        sink.record(record(i));
     }
     assert!(
         started.elapsed() < Duration::from_secs(2),
