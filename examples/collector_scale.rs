@@ -257,12 +257,8 @@ async fn main() -> anyhow::Result<()> {
     for _ in 0..steady_runs {
         let t = Instant::now();
         let now = Utc::now();
-        futures_util::future::join_all(
-            per_interval
-                .iter()
-                .map(|c| scheduler.run_one(c.as_ref(), now)),
-        )
-        .await;
+        // Each collector on its own task, as the exporter runs them.
+        scheduler.run_concurrently(&per_interval, now).await;
         let took = t.elapsed();
         println!(
             "collector, indexed, steady per-interval cycle: {}",

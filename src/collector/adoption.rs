@@ -1,12 +1,12 @@
 //! Adoption: follow-ups created and published per window, active and repeat
 //! creators.
 
-use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
 use super::intern::Interner;
+use super::pg_time::PgMicros;
 use super::{CollectContext, Family, OkrCollector, RowDecoder, ratio};
 
 // The follow-ups created or published in the longest window, read once
@@ -41,7 +41,7 @@ impl OkrCollector for AdoptionCollector {
             // Creator ids are borrowed from each row into a dictionary:
             // one allocation per creator, not per row.
             let mut creator_ids = Interner::default();
-            let mut rows: Vec<(usize, DateTime<Utc>, Option<DateTime<Utc>>)> = Vec::new();
+            let mut rows: Vec<(usize, PgMicros, Option<PgMicros>)> = Vec::new();
             {
                 let mut stream = sqlx::query(SQL)
                     .bind(ctx.now)
@@ -75,15 +75,19 @@ impl OkrCollector for AdoptionCollector {
             );
             // One pass: per creator and window, follow-ups created there
             // (-1: none created, none published; 0: only published there).
-            let now = ctx.now;
-            let starts = ctx.window_starts();
+            let now = PgMicros::from_datetime(ctx.now);
+            let starts: Vec<PgMicros> = ctx
+                .window_starts()
+                .into_iter()
+                .map(PgMicros::from_datetime)
+                .collect();
             let n = starts.len();
             let mut n_created = vec![0_i64; n];
             let mut n_published = vec![0_i64; n];
             let mut per_creator = vec![-1_i64; n * creator_ids.len()];
             for (creator, created_at, published_at) in &rows {
                 for (i, start) in starts.iter().enumerate() {
-                    let inside = |t: DateTime<Utc>| t > *start && t <= now;
+                    let inside = |t: PgMicros| t > *start && t <= now;
                     let c = inside(*created_at);
                     let p = published_at.is_some_and(inside);
                     n_created[i] += i64::from(c);

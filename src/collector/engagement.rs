@@ -10,6 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::intern::Interner;
+use super::pg_time::PgMicros;
 use super::watermark::{Watermarks, current_mark};
 use super::{CollectContext, Family, OkrCollector, RowDecoder, ratio};
 
@@ -96,7 +97,7 @@ impl Tally {
 #[derive(Debug, Clone, Copy)]
 struct Followup {
     id: Uuid,
-    published_at: DateTime<Utc>,
+    published_at: PgMicros,
     meeting: usize,
     region: usize,
     company: usize,
@@ -256,7 +257,11 @@ fn aggregate(
     );
     // One pass over F: each follow-up adds to every window it falls in;
     // tallies are flat arrays indexed by (dimension value, window).
-    let starts = ctx.window_starts();
+    let starts: Vec<PgMicros> = ctx
+        .window_starts()
+        .into_iter()
+        .map(PgMicros::from_datetime)
+        .collect();
     let n = starts.len();
     let mut totals = vec![Tally::default(); n];
     let mut meetings = vec![Tally::default(); n * dims.meeting.len()];

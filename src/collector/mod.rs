@@ -18,6 +18,7 @@ mod intern;
 mod inventory;
 mod mobile;
 mod next_action;
+mod pg_time;
 mod rollups;
 mod snapshot;
 mod targets;
@@ -225,6 +226,9 @@ pub enum CollectError {
     /// The run exceeded its deadline.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
+    /// The run's task panicked or was cancelled.
+    #[error("collector task failed: {0}")]
+    Task(String),
 }
 
 impl CollectError {
@@ -309,13 +313,21 @@ impl Scheduler {
         self.settings.max_staleness.max(self.interval_of(c) * 3)
     }
 
-    /// Runs every collector forever, each in its own loop.
+    /// Runs every collector forever, each in its own loop on its own task:
+    /// one collector decoding a large result (tens of milliseconds at 1M
+    /// follow-ups) neither delays the others' polling nor keeps them all on
+    /// one worker thread. Dropping or aborting this future stops them all.
     pub async fn run(self) {
-        let loops = self.collectors.clone().into_iter().map(|c| {
+        let mut loops = tokio::task::JoinSet::new();
+        for c in self.collectors.clone() {
             let me = self.clone();
-            async move { me.run_loop(c).await }
-        });
-        futures_util::future::join_all(loops).await;
+            loops.spawn(async move { me.run_loop(c).await });
+        }
+        while let Some(ended) = loops.join_next().await {
+            if let Err(e) = ended {
+                tracing::error!(error = %e, "a collector loop stopped");
+            }
+        }
     }
 
     async fn run_loop(&self, c: Arc<dyn OkrCollector>) {
@@ -349,11 +361,31 @@ impl Scheduler {
         &self,
         now: DateTime<Utc>,
     ) -> Vec<(&'static str, Result<(), CollectError>)> {
-        let runs = self
-            .collectors
+        self.run_concurrently(&self.collectors, now).await
+    }
+
+    /// Runs `collectors` once, concurrently, each on its own task as
+    /// [`run`](Self::run) does, and returns their outcomes in order.
+    pub async fn run_concurrently(
+        &self,
+        collectors: &[Arc<dyn OkrCollector>],
+        now: DateTime<Utc>,
+    ) -> Vec<(&'static str, Result<(), CollectError>)> {
+        let tasks: Vec<_> = collectors
             .iter()
-            .map(|c| async move { (c.name(), self.run_one(c.as_ref(), now).await.map(|_| ())) });
-        futures_util::future::join_all(runs).await
+            .map(|c| {
+                let (me, c) = (self.clone(), Arc::clone(c));
+                tokio::spawn(async move { me.run_one(c.as_ref(), now).await.map(|_| ()) })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for (c, task) in collectors.iter().zip(tasks) {
+            let result = task
+                .await
+                .unwrap_or_else(|e| Err(CollectError::Task(e.to_string())));
+            out.push((c.name(), result));
+        }
+        out
     }
 
     /// Runs one collector once and records the outcome.
