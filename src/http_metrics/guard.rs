@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::layer::State;
-use super::sink::{LogExtra, LogState, RequestRecord};
+use super::sink::{LogExtra, LogState, RequestRecord, received_method};
 use super::store::{RouteSeries, thread_shard};
 use super::{STATUS_CLIENT_CLOSED_REQUEST, STATUS_INTERNAL_ERROR};
 
@@ -20,9 +20,11 @@ pub(crate) struct RequestGuard {
     status: u16,
     /// Raw clock reading, see [`State::clock`].
     start: u64,
-    /// Empty unless a request sink is set and the request has a user id or
-    /// a non-standard method.
-    log: LogExtra,
+    /// This thread's shard, taken once per request.
+    shard: usize,
+    /// Only set when a request sink is configured and the request has a
+    /// user id or a non-standard method.
+    log: Option<Box<LogExtra>>,
 }
 
 impl RequestGuard {
@@ -32,15 +34,17 @@ impl RequestGuard {
         state: &'static State,
         route: &'static RouteSeries,
         method: u8,
-        log: LogExtra,
+        log: Option<Box<LogExtra>>,
     ) -> Self {
-        route.start(thread_shard(), method);
+        let shard = thread_shard();
+        route.start(shard, method);
         Self {
             state,
             route,
             method,
             status: NO_RESPONSE,
             start: state.clock.raw(),
+            shard,
             log,
         }
     }
@@ -64,7 +68,7 @@ impl Drop for RequestGuard {
             status => status,
         };
         self.route
-            .observe(&self.state.buckets, self.method, status, nanos);
+            .observe(&self.state.buckets, self.shard, self.method, status, nanos);
         if let Some(log) = &self.state.log {
             self.send_record(log, status, nanos, end);
         }
@@ -76,11 +80,11 @@ impl RequestGuard {
     fn send_record(&mut self, log: &LogState, status: u16, nanos: u64, end: u64) {
         log.sink.record(RequestRecord {
             route: self.route.label_str(),
-            method: self.log.method(self.method),
+            method: received_method(self.method, self.log.as_deref_mut()),
             status,
             duration: Duration::from_nanos(nanos),
             started_at: log.wall.time_of(&self.state.clock, self.start, end),
-            user_id: self.log.user_id.take(),
+            user_id: self.log.as_mut().and_then(|l| l.user_id.take()),
         });
     }
 }

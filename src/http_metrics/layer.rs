@@ -7,6 +7,7 @@ use http::{HeaderName, Method};
 use prometheus_client::registry::{Registry, Unit};
 use tower::Layer;
 
+use super::clock::RawClock;
 use super::exposition::{ActiveRequests, LatencyTargets, RequestDuration};
 use super::service::HttpMetrics;
 use super::sink::{LogState, RequestSink, WallClock};
@@ -170,7 +171,7 @@ impl HttpMetricsBuilder {
     pub fn register(self, registry: &mut Registry) -> HttpMetricsLayer {
         let targets = self.targets.unwrap_or_else(default_targets);
         let shards = shard_count();
-        let clock = quanta::Clock::new();
+        let clock = RawClock::new();
         let log = self.sink.map(|sink| LogState {
             sink,
             user_id_header: self.user_id_header,
@@ -246,5 +247,5 @@ pub(crate) struct State {
     /// TSC-based where available: two reads cost less than half of two
     /// `std::time::Instant::now()` calls on the benchmark machine, the largest
     /// single item of the per-request cost.
-    pub(crate) clock: quanta::Clock,
+    pub(crate) clock: RawClock,
 }

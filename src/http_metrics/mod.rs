@@ -91,6 +91,7 @@
 //! [`MatchedPath`]: axum::extract::MatchedPath
 
 mod body;
+mod clock;
 mod exposition;
 mod future;
 mod guard;

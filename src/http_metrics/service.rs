@@ -57,14 +57,13 @@ where
         let method = method_index(request.method());
         // Set by axum's router before it calls a route's layers; absent for
         // the fallback and for `nest_service`, which keeps raw paths out.
-        let template = request
-            .extensions()
-            .get::<MatchedPath>()
-            .map(MatchedPath::as_str);
-        let route = self.state.routes.resolve(template);
+        let route = self
+            .state
+            .routes
+            .resolve_matched(request.extensions().get::<MatchedPath>());
         let log = match &self.state.log {
             Some(log) => LogExtra::capture(&request, method, log.user_id_header.as_ref()),
-            None => LogExtra::default(),
+            None => None,
         };
         let guard = RequestGuard::start(self.state, route, method, log);
         ResponseFuture::new(self.inner.call(request), guard)

@@ -6,6 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use http::{HeaderName, Method};
 
+use super::clock::RawClock;
 use super::store::METHOD_OTHER;
 
 /// Receives one [`RequestRecord`] per finished request, for example to write
@@ -58,13 +59,13 @@ pub(crate) struct LogState {
     pub(crate) wall: WallClock,
 }
 
-/// What a request keeps for the sink beyond what the histogram needs. Empty
-/// (and allocation-free) for a standard method without a user id.
+/// What a request keeps for the sink beyond what the histogram needs: only
+/// built (and boxed, so the request guard grows by one pointer) for a
+/// request with a user id or a non-standard method.
 #[derive(Debug, Default)]
 pub(crate) struct LogExtra {
-    /// A method outside the standard set, as received (boxed: rare, and it
-    /// keeps the request guard small).
-    pub(crate) other_method: Option<Box<Method>>,
+    /// A method outside the standard set, as received.
+    pub(crate) other_method: Option<Method>,
     pub(crate) user_id: Option<String>,
 }
 
@@ -73,25 +74,27 @@ impl LogExtra {
         request: &http::Request<B>,
         method: u8,
         user_id_header: Option<&HeaderName>,
-    ) -> Self {
+    ) -> Option<Box<Self>> {
         let user_id = user_id_header
             .and_then(|name| request.headers().get(name))
             .and_then(|value| value.to_str().ok())
             .filter(|value| value.len() <= MAX_USER_ID_LEN)
             .map(str::to_owned);
-        let other_method = (method == METHOD_OTHER).then(|| Box::new(request.method().clone()));
-        Self {
-            other_method,
-            user_id,
-        }
+        let other_method = (method == METHOD_OTHER).then(|| request.method().clone());
+        (user_id.is_some() || other_method.is_some()).then(|| {
+            Box::new(Self {
+                other_method,
+                user_id,
+            })
+        })
     }
+}
 
-    /// The method as received, given its label index.
-    pub(crate) fn method(&mut self, index: u8) -> Method {
-        match self.other_method.take() {
-            Some(method) => *method,
-            None => standard_method(index),
-        }
+/// The method as received, given its label index and what was captured.
+pub(crate) fn received_method(index: u8, extra: Option<&mut LogExtra>) -> Method {
+    match extra.and_then(|e| e.other_method.take()) {
+        Some(method) => method,
+        None => standard_method(index),
     }
 }
 
@@ -129,7 +132,7 @@ pub(crate) struct WallClock {
 }
 
 impl WallClock {
-    pub(crate) fn new(clock: &quanta::Clock) -> Self {
+    pub(crate) fn new(clock: &RawClock) -> Self {
         // The raw clock's rate, from its own scaling of a large span.
         let span: u64 = 1 << 40;
         let nanos = u128::from(clock.delta_as_nanos(0, span).max(1));
@@ -145,7 +148,7 @@ impl WallClock {
 
     /// The wall-clock time of the raw reading `at`, `now` being a later one.
     #[inline]
-    pub(crate) fn time_of(&self, clock: &quanta::Clock, at: u64, now: u64) -> SystemTime {
+    pub(crate) fn time_of(&self, clock: &RawClock, at: u64, now: u64) -> SystemTime {
         if now >= self.refresh_after.load(Ordering::Relaxed) {
             self.refresh(clock);
         }
@@ -154,7 +157,7 @@ impl WallClock {
     }
 
     #[cold]
-    fn refresh(&self, clock: &quanta::Clock) {
+    fn refresh(&self, clock: &RawClock) {
         let wall = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
@@ -170,7 +173,7 @@ impl WallClock {
 
 /// A raw reading as nanoseconds since the raw clock's zero.
 #[inline]
-fn raw_nanos(clock: &quanta::Clock, raw: u64) -> i64 {
+fn raw_nanos(clock: &RawClock, raw: u64) -> i64 {
     i64::try_from(clock.delta_as_nanos(0, raw)).unwrap_or(i64::MAX)
 }
 
@@ -187,10 +190,11 @@ mod tests {
             .header("x-other", "nope")
             .body(())
             .unwrap();
-        let mut extra = LogExtra::capture(&request, 2, Some(&header));
+        let mut extra = LogExtra::capture(&request, 2, Some(&header)).unwrap();
         assert_eq!(extra.user_id.as_deref(), Some("u-42"));
-        assert_eq!(extra.method(2), Method::POST);
-        assert_eq!(LogExtra::capture(&request, 2, None).user_id, None);
+        assert_eq!(received_method(2, Some(&mut extra)), Method::POST);
+        // Nothing to keep: nothing allocated.
+        assert!(LogExtra::capture(&request, 2, None).is_none());
     }
 
     #[test]
@@ -201,7 +205,7 @@ mod tests {
             .header("x-user-id", long.as_str())
             .body(())
             .unwrap();
-        assert_eq!(LogExtra::capture(&request, 0, Some(&header)).user_id, None);
+        assert!(LogExtra::capture(&request, 0, Some(&header)).is_none());
         let request = Request::get("/x")
             .header(
                 "x-user-id",
@@ -209,7 +213,7 @@ mod tests {
             )
             .body(())
             .unwrap();
-        assert_eq!(LogExtra::capture(&request, 0, Some(&header)).user_id, None);
+        assert!(LogExtra::capture(&request, 0, Some(&header)).is_none());
     }
 
     #[test]
@@ -229,13 +233,13 @@ mod tests {
             let index = super::super::store::method_index(&method);
             let request = Request::builder().method(method.clone()).body(()).unwrap();
             let mut extra = LogExtra::capture(&request, index, None);
-            assert_eq!(extra.method(index), method);
+            assert_eq!(received_method(index, extra.as_deref_mut()), method);
         }
     }
 
     #[test]
     fn wall_clock_matches_system_time() {
-        let clock = quanta::Clock::new();
+        let clock = RawClock::new();
         let wall = WallClock::new(&clock);
         // The offset is re-taken every second of the raw clock.
         let second = clock.delta_as_nanos(0, wall.ticks_per_refresh);
