@@ -86,15 +86,32 @@ pub struct RequestLog {
     queues: Arc<Queues>,
 }
 
-impl RequestSink for RequestLog {
+impl RequestLog {
     #[inline]
-    fn record(&self, record: RequestRecord) {
+    fn shard(&self) -> &Shard {
         let shards = &self.queues.0;
         // The shard count is a power of two.
-        let shard = &shards[thread_shard() & (shards.len() - 1)];
-        if shard.queue.push(record).is_err() {
+        &shards[thread_shard() & (shards.len() - 1)]
+    }
+}
+
+impl RequestSink for RequestLog {
+    #[inline]
+    fn accepts(&self) -> bool {
+        let shard = self.shard();
+        if shard.queue.is_full() {
             // Counted into okr_exporter_request_log_dropped_total by the
             // writer, at its next drain.
+            shard.dropped.fetch_add(1, Ordering::Relaxed);
+            return false;
+        }
+        true
+    }
+
+    #[inline]
+    fn record(&self, record: RequestRecord) {
+        let shard = self.shard();
+        if shard.queue.push(record).is_err() {
             shard.dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

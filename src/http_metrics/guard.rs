@@ -69,7 +69,9 @@ impl Drop for RequestGuard {
         };
         self.route
             .observe(&self.state.buckets, self.shard, self.method, status, nanos);
-        if let Some(log) = &self.state.log {
+        if let Some(log) = &self.state.log
+            && log.sink.accepts()
+        {
             self.send_record(log, status, nanos, end);
         }
     }

@@ -18,8 +18,16 @@ use super::store::METHOD_OTHER;
 /// the record by value, so keeping it costs no copy.
 pub trait RequestSink: Send + Sync + 'static {
     /// Called once per request, with the same duration and labels the
-    /// histogram observed.
+    /// histogram observed, unless [`accepts`](Self::accepts) said no.
     fn record(&self, record: RequestRecord);
+
+    /// Asked once per finished request, before its record is built: `false`
+    /// (for example a full queue, the drop counted by the sink) skips
+    /// building and passing the record, so shedding load costs less than
+    /// recording. The default accepts everything.
+    fn accepts(&self) -> bool {
+        true
+    }
 }
 
 /// One finished request, as handed to a [`RequestSink`].
