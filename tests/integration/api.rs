@@ -771,3 +771,55 @@ async fn exporter_request_log_records_its_own_requests() {
         5
     );
 }
+
+/// Through the middleware: a full queue sheds requests before their records
+/// are built, and every request is still either written or counted.
+#[tokio::test]
+async fn middleware_requests_are_written_or_counted_when_the_queue_is_full() {
+    use axum::Router;
+    use axum::routing::get;
+    use tower::ServiceExt;
+
+    let db = prepared_db().await;
+    let mut registry = Registry::default();
+    let options = RequestLogOptions {
+        capacity: 8,
+        flush_every: Duration::from_secs(3600),
+        ..RequestLogOptions::default()
+    };
+    let (sink, writer) = request_log::start(db.pool.clone(), &mut registry, options);
+    let layer = okr_exporter::http_metrics::HttpMetricsLayer::builder()
+        .request_sink(sink)
+        .user_id_header(http::HeaderName::from_static("x-user-id"))
+        .register(&mut registry);
+    let app = Router::new()
+        .route("/api/followups/{id}", get(|| async { "ok" }))
+        .layer(layer);
+    // The writer's first tick drains an empty queue; then nothing is
+    // written until shutdown, so the queue fills.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for i in 0..300 {
+        let request = http::Request::get(format!("/api/followups/{i}"))
+            .header("x-user-id", format!("u{}", i % 3))
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    writer.shutdown().await;
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let values = metric_values(&text);
+    let dropped = values["okr_exporter_request_log_dropped_total"];
+    let written = log_rows(&db).await as f64;
+    assert!(dropped > 0.0 && written > 0.0, "{text}");
+    assert!(written <= 8.0, "{written} rows written from an 8-row queue");
+    assert_eq!(dropped + written, 300.0);
+    let (users, routes): (i64, i64) = sqlx::query_as(
+        "SELECT count(DISTINCT user_id), count(DISTINCT endpoint) FROM performance_metrics WHERE endpoint = '/api/followups/{id}' AND user_id LIKE 'u%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(users >= 1 && routes == 1);
+}
