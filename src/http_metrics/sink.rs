@@ -48,8 +48,9 @@ pub struct RequestRecord {
     /// Time from the middleware seeing the request to the response being
     /// complete (see the module documentation for what "complete" means).
     pub duration: Duration,
-    /// Wall-clock time the request arrived (see [`WallClock`] for how it is
-    /// derived without a system call per request).
+    /// Wall-clock time the request arrived, derived from the middleware's
+    /// clock reading and an offset to the system clock re-taken once a
+    /// second (no system call per request).
     pub started_at: SystemTime,
     /// The value of the configured user-id header, if it was present, valid
     /// visible ASCII and at most [`MAX_USER_ID_LEN`] bytes long.
