@@ -67,10 +67,6 @@ impl Queues {
         )
     }
 
-    fn len(&self) -> usize {
-        self.0.iter().map(|s| s.queue.len()).sum()
-    }
-
     /// Rows dropped since the last call.
     fn take_dropped(&self) -> u64 {
         self.0
@@ -218,27 +214,20 @@ async fn write_loop(
             prune(&pool, options.retention).await;
             last_prune = Some(tokio::time::Instant::now());
         }
-        // Drain what is queued now (rows arriving meanwhile wait for the
-        // next tick, so a busy service cannot keep the writer here).
-        let mut left = queues.len();
-        let mut shards = queues.0.iter();
-        let mut shard = shards.next();
-        while left > 0 {
-            while buf.len() < batch && left > 0 {
-                let Some(Shard { queue, .. }) = shard else {
-                    left = 0;
-                    break;
-                };
-                match queue.pop() {
-                    Some(row) => {
-                        buf.push(row);
-                        left -= 1;
-                    }
-                    None => shard = shards.next(),
+        // Drain what each queue holds now (rows arriving meanwhile wait for
+        // the next tick, so a busy service cannot keep the writer here, nor
+        // one busy thread's queue starve the others).
+        let budgets: Vec<usize> = queues.0.iter().map(|s| s.queue.len()).collect();
+        for (shard, budget) in queues.0.iter().zip(budgets) {
+            for _ in 0..budget {
+                let Some(row) = shard.queue.pop() else { break };
+                buf.push(row);
+                if buf.len() >= batch {
+                    insert(&pool, &mut buf, &dropped, &written).await;
                 }
             }
-            insert(&pool, &mut buf, &dropped, &written).await;
         }
+        insert(&pool, &mut buf, &dropped, &written).await;
         if stopping {
             break;
         }

@@ -88,6 +88,34 @@ impl Sessions {
         }
     }
 
+    /// Adds rows sorted by key. Rows after the last key append; when more
+    /// than a few land inside (back-dated sessions), the two sorted lists are
+    /// merged in one pass instead of shifting the array once per row.
+    fn add_sorted(&mut self, rows: Vec<((i64, i64), u8)>) {
+        const MERGE_AFTER: usize = 64;
+        let last = self.keys.back().copied();
+        let inside = rows.partition_point(|r| last.is_some_and(|l| r.0 <= l));
+        if inside <= MERGE_AFTER {
+            for (key, class) in rows {
+                self.insert(key, class);
+            }
+            return;
+        }
+        let mut all: Vec<((i64, i64), u8)> = self
+            .keys
+            .iter()
+            .copied()
+            .zip(self.classes.iter().copied())
+            .collect();
+        all.extend(rows);
+        // Two sorted runs: the stable sort merges them in linear time and
+        // keeps the stored entry first among equal keys.
+        all.sort_by_key(|r| r.0);
+        all.dedup_by_key(|r| r.0);
+        self.keys = all.iter().map(|r| r.0).collect();
+        self.classes = all.iter().map(|r| r.1).collect();
+    }
+
     /// Drops the sessions started at or before `start` (microseconds).
     fn evict_through(&mut self, start: i64) {
         let n = self.keys.partition_point(|k| k.0 <= start);
@@ -175,9 +203,7 @@ impl OkrCollector for MobileCollector {
             } else {
                 // Sorted, new rows mostly append at the end.
                 rows.sort_unstable_by_key(|r| r.0);
-                for (key, class) in rows {
-                    state.sessions.insert(key, class);
-                }
+                state.sessions.add_sorted(rows);
             }
             state.sessions.evict_through(lo.timestamp_micros());
             state.marks.record(mark);
@@ -244,5 +270,29 @@ mod tests {
         s.evict_through(10);
         assert_eq!(s.len(), 2);
         assert_eq!(s.counts(0, 100), [1, 1, 0, 0]);
+    }
+
+    #[test]
+    fn merging_many_back_dated_rows_equals_inserting_them_one_by_one() {
+        let base: Vec<((i64, i64), u8)> =
+            (0..1_000).map(|i| ((i * 10, i), (i % 4) as u8)).collect();
+        // 300 rows inside (some already stored), 20 after the end.
+        let mut new: Vec<((i64, i64), u8)> = (0..300)
+            .map(|i| ((i * 33 + 5, 5_000 + i), ((i + 1) % 4) as u8))
+            .chain((0..50).map(|i| ((i * 10, i), 3)))
+            .chain((0..20).map(|i| ((20_000 + i, 9_000 + i), 0)))
+            .collect();
+        new.sort_unstable_by_key(|r| r.0);
+        let mut merged = Sessions::default();
+        merged.reload(base.clone());
+        merged.add_sorted(new.clone());
+        let mut one_by_one = Sessions::default();
+        one_by_one.reload(base);
+        for (key, class) in new {
+            one_by_one.insert(key, class);
+        }
+        assert_eq!(merged.keys, one_by_one.keys);
+        assert_eq!(merged.classes, one_by_one.classes);
+        assert_eq!(merged.len(), 1_000 + 300 + 20);
     }
 }

@@ -161,7 +161,10 @@ impl WallClock {
         if now >= self.refresh_after.load(Ordering::Relaxed) {
             self.refresh(clock);
         }
-        let nanos = self.offset.load(Ordering::Relaxed) + raw_nanos(clock, at);
+        let nanos = self
+            .offset
+            .load(Ordering::Relaxed)
+            .saturating_add(raw_nanos(clock, at));
         u64::try_from(nanos).map_or(UNIX_EPOCH, |n| UNIX_EPOCH + Duration::from_nanos(n))
     }
 
@@ -171,8 +174,10 @@ impl WallClock {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let raw = clock.raw();
-        self.offset
-            .store(wall - raw_nanos(clock, raw), Ordering::Relaxed);
+        self.offset.store(
+            wall.saturating_sub(raw_nanos(clock, raw)),
+            Ordering::Relaxed,
+        );
         self.refresh_after.store(
             raw.saturating_add(self.ticks_per_refresh),
             Ordering::Relaxed,

@@ -248,6 +248,9 @@ pub(crate) struct RouteSeries {
     keys: [AtomicU16; SERIES_SLOTS],
     series: [OnceLock<SeriesCounters>; SERIES_SLOTS],
     overflow: Mutex<Vec<(u16, SeriesCounters)>>,
+    /// Address of the `MatchedPath` text last resolved to this route, see
+    /// [`RouteTable::resolve_matched`].
+    last_address: AtomicU64,
 }
 
 #[inline]
@@ -265,6 +268,7 @@ impl RouteSeries {
             keys: std::array::from_fn(|_| AtomicU16::new(0)),
             series: std::array::from_fn(|_| OnceLock::new()),
             overflow: Mutex::new(Vec::new()),
+            last_address: AtomicU64::new(0),
         }
     }
 
@@ -423,8 +427,14 @@ impl RouteTable {
             return series;
         }
         let series = self.resolve(Some(text));
-        if let Some(slot) = slot {
-            // First come, first served; a taken slot keeps its route.
+        // Cached once the same address comes twice in a row for this route,
+        // so that templates axum builds per request (nested routers) never
+        // take a slot. First come, first served; a taken slot keeps its
+        // route.
+        let seen = series.last_address.swap(address, Ordering::Relaxed);
+        if seen == address
+            && let Some(slot) = slot
+        {
             let _ = slot.set((matched.clone(), series));
         }
         series

@@ -476,3 +476,32 @@ async fn layered_service_is_ready_when_inner_is() {
         .unwrap();
     assert_eq!(&bytes[..], b"hi");
 }
+
+#[tokio::test]
+async fn routes_are_told_apart_by_template_with_nested_routers_and_shared_services() {
+    let mut registry = Registry::default();
+    let layer = HttpMetricsLayer::new(&mut registry);
+    // One service mounted at two routes, a nested router (axum builds its
+    // templates per request), and a plain route.
+    let shared = get(|| async { "s" });
+    let nested = Router::new().route("/items/{id}", get(|| async { "n" }));
+    let app = Router::new()
+        .route("/a/{id}", shared.clone())
+        .route("/b/{id}", shared)
+        .route("/plain", get(|| async { "p" }))
+        .nest("/v1", nested)
+        .layer(layer);
+    for i in 0..150 {
+        send(&app, Method::GET, &format!("/a/{i}")).await;
+        send(&app, Method::GET, &format!("/v1/items/{i}")).await;
+        if i % 3 == 0 {
+            send(&app, Method::GET, &format!("/b/{i}")).await;
+            send(&app, Method::GET, "/plain").await;
+        }
+    }
+    let text = encode_openmetrics(&registry);
+    assert_eq!(count(&text, "GET", "/a/{id}", "200"), Some(150.0));
+    assert_eq!(count(&text, "GET", "/v1/items/{id}", "200"), Some(150.0));
+    assert_eq!(count(&text, "GET", "/b/{id}", "200"), Some(50.0));
+    assert_eq!(count(&text, "GET", "/plain", "200"), Some(50.0));
+}
