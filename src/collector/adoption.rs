@@ -76,11 +76,7 @@ impl OkrCollector for AdoptionCollector {
             // One pass: per creator and window, follow-ups created there
             // (-1: none created, none published; 0: only published there).
             let now = PgMicros::from_datetime(ctx.now);
-            let starts: Vec<PgMicros> = ctx
-                .window_starts()
-                .into_iter()
-                .map(PgMicros::from_datetime)
-                .collect();
+            let starts: Vec<PgMicros> = PgMicros::window_starts(ctx);
             let n = starts.len();
             let mut n_created = vec![0_i64; n];
             let mut n_published = vec![0_i64; n];

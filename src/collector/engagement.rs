@@ -257,11 +257,7 @@ fn aggregate(
     );
     // One pass over F: each follow-up adds to every window it falls in;
     // tallies are flat arrays indexed by (dimension value, window).
-    let starts: Vec<PgMicros> = ctx
-        .window_starts()
-        .into_iter()
-        .map(PgMicros::from_datetime)
-        .collect();
+    let starts: Vec<PgMicros> = PgMicros::window_starts(ctx);
     let n = starts.len();
     let mut totals = vec![Tally::default(); n];
     let mut meetings = vec![Tally::default(); n * dims.meeting.len()];

@@ -2,6 +2,8 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Postgres;
+
+use super::CollectContext;
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgTypeInfo, PgValueFormat, PgValueRef};
 
@@ -19,6 +21,14 @@ pub(crate) struct PgMicros(i64);
 impl PgMicros {
     pub(crate) fn from_datetime(t: DateTime<Utc>) -> Self {
         Self(t.timestamp_micros().saturating_sub(PG_EPOCH_MICROS))
+    }
+
+    /// The start of every window of `ctx`, in window order.
+    pub(crate) fn window_starts(ctx: &CollectContext) -> Vec<Self> {
+        ctx.window_starts()
+            .into_iter()
+            .map(Self::from_datetime)
+            .collect()
     }
 }
 

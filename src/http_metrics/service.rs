@@ -61,10 +61,11 @@ where
             .state
             .routes
             .resolve_matched(request.extensions().get::<MatchedPath>());
-        let log = match &self.state.log {
-            Some(log) => LogExtra::capture(&request, method, log.user_id_header.as_ref()),
-            None => None,
-        };
+        let log = self
+            .state
+            .log
+            .as_ref()
+            .and_then(|log| LogExtra::capture(&request, method, log.user_id_header.as_ref()));
         let guard = RequestGuard::start(self.state, route, method, log);
         ResponseFuture::new(self.inner.call(request), guard)
     }

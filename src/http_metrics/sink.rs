@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::{HeaderName, Method};
 
 use super::clock::RawClock;
-use super::store::METHOD_OTHER;
+use super::store::{METHOD_OTHER, STANDARD_METHODS};
 
 /// Receives one [`RequestRecord`] per finished request, for example to write
 /// a request log.
@@ -109,17 +109,10 @@ pub(crate) fn received_method(index: u8, extra: Option<&mut LogExtra>) -> Method
 
 /// The standard method of a label index (cloning one allocates nothing).
 fn standard_method(index: u8) -> Method {
-    match index {
-        1 => Method::HEAD,
-        2 => Method::POST,
-        3 => Method::PUT,
-        4 => Method::DELETE,
-        5 => Method::CONNECT,
-        6 => Method::OPTIONS,
-        7 => Method::TRACE,
-        8 => Method::PATCH,
-        _ => Method::GET,
-    }
+    STANDARD_METHODS
+        .get(usize::from(index))
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Turns the middleware's raw clock readings into wall-clock time without a
@@ -232,18 +225,8 @@ mod tests {
 
     #[test]
     fn methods_come_back_as_received() {
-        for method in [
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::CONNECT,
-            Method::OPTIONS,
-            Method::TRACE,
-            Method::PATCH,
-            Method::from_bytes(b"PURGE").unwrap(),
-        ] {
+        let purge = Method::from_bytes(b"PURGE").unwrap();
+        for method in STANDARD_METHODS.into_iter().chain([purge]) {
             let index = super::super::store::method_index(&method);
             let request = Request::builder().method(method.clone()).body(()).unwrap();
             let mut extra = LogExtra::capture(&request, index, None);

@@ -30,6 +30,19 @@ pub(crate) const METHOD_LABELS: [&str; METHOD_COUNT] = [
     "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "_OTHER",
 ];
 
+/// The standard methods, indexed by [`method_index`].
+pub(crate) const STANDARD_METHODS: [Method; METHOD_COUNT - 1] = [
+    Method::GET,
+    Method::HEAD,
+    Method::POST,
+    Method::PUT,
+    Method::DELETE,
+    Method::CONNECT,
+    Method::OPTIONS,
+    Method::TRACE,
+    Method::PATCH,
+];
+
 /// Label index of `_OTHER`.
 pub(crate) const METHOD_OTHER: u8 = 9;
 
@@ -521,18 +534,7 @@ mod tests {
 
     #[test]
     fn standard_methods_have_their_own_label_and_others_collapse() {
-        let standard = [
-            Method::GET,
-            Method::HEAD,
-            Method::POST,
-            Method::PUT,
-            Method::DELETE,
-            Method::CONNECT,
-            Method::OPTIONS,
-            Method::TRACE,
-            Method::PATCH,
-        ];
-        for method in &standard {
+        for method in &STANDARD_METHODS {
             assert_eq!(
                 METHOD_LABELS[usize::from(method_index(method))],
                 method.as_str()
