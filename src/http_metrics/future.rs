@@ -24,7 +24,7 @@ pin_project! {
 }
 
 impl<F> ResponseFuture<F> {
-    #[inline]
+    #[inline(always)]
     pub(crate) fn new(inner: F, guard: RequestGuard) -> Self {
         Self {
             inner,
@@ -53,7 +53,7 @@ where
             Ok(response) => {
                 guard.set_status(response.status().as_u16());
                 let body = response.body();
-                if body.is_end_stream() || body.size_hint().exact().is_some() {
+                if body.size_hint().exact().is_some() || body.is_end_stream() {
                     // Empty or of known length: everything axum builds from
                     // in-memory data (strings, JSON, bytes). The response is
                     // complete now; recording here avoids boxing a wrapper,

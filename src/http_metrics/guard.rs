@@ -28,12 +28,14 @@ pub(crate) struct RequestGuard {
 }
 
 impl RequestGuard {
-    /// Counts the request as started and starts its clock.
+    /// Counts the request as started; `start` is the clock reading taken
+    /// when the request came in.
     #[inline]
     pub(crate) fn start(
         state: &'static State,
         route: &'static RouteSeries,
         method: u8,
+        start: u64,
         log: Option<Box<LogExtra>>,
     ) -> Self {
         let shard = thread_shard();
@@ -43,7 +45,7 @@ impl RequestGuard {
             route,
             method,
             status: NO_RESPONSE,
-            start: state.clock.raw(),
+            start,
             shard,
             log,
         }
