@@ -37,6 +37,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::hint::black_box;
 use std::pin::{Pin, pin};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Barrier};
 use std::task::{Context, Poll, Waker, ready};
 use std::time::{Duration, Instant};
@@ -305,11 +306,18 @@ impl Case {
             + Sync
             + 'static,
     {
+        // One `MatchedPath` per benchmark thread, the same in every round
+        // (runners are made anew per round with two threads): behind
+        // `nest_service` axum builds a fresh one per request, so each thread
+        // gets its own instead of sharing one reference count with the
+        // other, and reusing them keeps the rounds alike.
+        let paths = [captured_matched_path(), captured_matched_path()];
+        let next = AtomicUsize::new(0);
         Self {
             name,
             make: Box::new(move || {
                 let mut service = service.clone();
-                let matched_path = captured_matched_path();
+                let matched_path = paths[next.fetch_add(1, Ordering::Relaxed) % 2].clone();
                 Box::new(move || call_service(&mut service, &matched_path))
             }),
         }
@@ -451,9 +459,7 @@ fn control_work() -> usize {
 }
 
 /// A `MatchedPath` for [`ROUTE`], taken from a real request (it has no public
-/// constructor). Behind `nest_service`, axum builds a fresh one per request,
-/// so each benchmark thread gets its own instead of sharing one reference
-/// count with the other thread.
+/// constructor).
 fn captured_matched_path() -> MatchedPath {
     let captured = Arc::new(std::sync::Mutex::new(None));
     let slot = Arc::clone(&captured);

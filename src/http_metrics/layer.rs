@@ -98,7 +98,8 @@ impl HttpMetricsBuilder {
     /// Histogram bucket upper bounds in seconds (default [`DEFAULT_BUCKETS`]).
     ///
     /// Bounds are sorted and deduplicated; non-finite values are ignored
-    /// (`+Inf` is always present) and an empty list keeps the defaults.
+    /// (`+Inf` is always present), an empty list keeps the defaults, and at
+    /// most the 255 lowest bounds are kept.
     pub fn buckets(mut self, bounds: impl IntoIterator<Item = f64>) -> Self {
         self.buckets = bounds.into_iter().collect();
         self

@@ -279,7 +279,14 @@ const SERIES_SLOTS: usize = 64;
 
 /// Requests started per method, one block per shard.
 #[repr(align(128))]
-struct StartedCounters([AtomicU64; METHOD_COUNT]);
+struct StartedCounters {
+    counts: [AtomicU64; METHOD_COUNT],
+    /// Address of the `MatchedPath` text this shard's thread last resolved
+    /// to the route the long way, see [`RouteTable::resolve_matched`]. Kept
+    /// per shard so that repeated misses (nested routers, a full cache) write
+    /// only the thread's own cache line.
+    last_address: AtomicU64,
+}
 
 /// Everything recorded for one route template.
 pub(crate) struct RouteSeries {
@@ -289,9 +296,6 @@ pub(crate) struct RouteSeries {
     keys: [AtomicU16; SERIES_SLOTS],
     series: [OnceLock<SeriesCounters>; SERIES_SLOTS],
     overflow: Mutex<Vec<(u16, SeriesCounters)>>,
-    /// Address of the `MatchedPath` text last resolved to this route, see
-    /// [`RouteTable::resolve_matched`].
-    last_address: AtomicU64,
 }
 
 #[inline]
@@ -304,12 +308,14 @@ impl RouteSeries {
         Self {
             label,
             started: (0..shards)
-                .map(|_| StartedCounters(std::array::from_fn(|_| AtomicU64::new(0))))
+                .map(|_| StartedCounters {
+                    counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                    last_address: AtomicU64::new(0),
+                })
                 .collect(),
             keys: std::array::from_fn(|_| AtomicU16::new(0)),
             series: std::array::from_fn(|_| OnceLock::new()),
             overflow: Mutex::new(Vec::new()),
-            last_address: AtomicU64::new(0),
         }
     }
 
@@ -332,17 +338,26 @@ impl RouteSeries {
         if let Some(started) = self
             .started
             .get(shard)
-            .and_then(|counters| counters.0.get(usize::from(method)))
+            .and_then(|counters| counters.counts.get(usize::from(method)))
         {
             started.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Records `address` as the last one this thread resolved the long way
+    /// and returns the one before.
+    fn swap_last_address(&self, shard: usize, address: u64) -> u64 {
+        let shard = shard & (self.started.len() - 1);
+        self.started.get(shard).map_or(0, |counters| {
+            counters.last_address.swap(address, Ordering::Relaxed)
+        })
     }
 
     /// Requests started with this method so far.
     pub(crate) fn started(&self, method: usize) -> u64 {
         self.started
             .iter()
-            .filter_map(|counters| counters.0.get(method))
+            .filter_map(|counters| counters.counts.get(method))
             .map(|c| c.load(Ordering::Acquire))
             .sum()
     }
@@ -482,13 +497,13 @@ impl RouteTable {
         let text = matched.as_str();
         let address = text.as_ptr() as u64;
         let series = self.resolve(Some(text));
-        // Cached once the same address comes twice in a row for this route,
-        // so that templates axum builds per request (nested routers) never
-        // take a slot. First come, first served; a taken slot keeps its
-        // route.
-        let seen = series.last_address.swap(address, Ordering::Relaxed);
-        if seen == address
-            && let Some(slot) = slot
+        // Cached once the same address comes twice in a row for this route
+        // on one thread, so that templates axum builds per request (nested
+        // routers) never take a slot. First come, first served; a taken slot
+        // keeps its route, and then nothing is written here at all.
+        if let Some(slot) = slot
+            && slot.get().is_none()
+            && series.swap_last_address(thread_shard(), address) == address
         {
             let _ = slot.set((matched.clone(), series));
         }
