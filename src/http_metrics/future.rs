@@ -68,11 +68,11 @@ where
                 Err(_) => guard.set_status(STATUS_INTERNAL_ERROR),
             }
         }
-        Poll::Ready(result.map(|response| {
-            response.map(|body| match streaming {
-                None => axum::body::Body::new(body),
-                Some(guard) => axum::body::Body::new(ResponseBody::new(body, guard)),
-            })
-        }))
+        Poll::Ready(match streaming {
+            None => result.map(|response| response.map(axum::body::Body::new)),
+            Some(guard) => result.map(|response| {
+                response.map(|body| axum::body::Body::new(ResponseBody::new(body, guard)))
+            }),
+        })
     }
 }
