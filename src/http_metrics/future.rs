@@ -46,8 +46,8 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         // The response stays where it is and is converted once, at the end:
-        // moving it between branches cost more than the rest of this
-        // function (see `BENCHMARKS.md`).
+        // moving it into each branch took a fifth of this function's
+        // instructions (91 → 69 per request, see `BENCHMARKS.md`).
         let mut streaming = None;
         if let Some(mut guard) = this.guard.take() {
             match &result {
