@@ -505,3 +505,30 @@ async fn routes_are_told_apart_by_template_with_nested_routers_and_shared_servic
     assert_eq!(count(&text, "GET", "/b/{id}", "200"), Some(50.0));
     assert_eq!(count(&text, "GET", "/plain", "200"), Some(50.0));
 }
+
+#[tokio::test]
+async fn routes_beyond_the_address_cache_are_counted_exactly() {
+    let mut registry = Registry::default();
+    let layer = HttpMetricsLayer::new(&mut registry);
+    // More routes than the address cache has slots: some share a slot, and
+    // their requests take the template table every time.
+    let routes = 200;
+    let mut app = Router::new();
+    for r in 0..routes {
+        app = app.route(&format!("/r{r}/{{id}}"), get(|| async { "ok" }));
+    }
+    let app = app.layer(layer);
+    for round in 0..3 {
+        for r in 0..routes {
+            send(&app, Method::GET, &format!("/r{r}/{round}")).await;
+        }
+    }
+    let text = encode_openmetrics(&registry);
+    for r in 0..routes {
+        assert_eq!(
+            count(&text, "GET", &format!("/r{r}/{{id}}"), "200"),
+            Some(3.0),
+            "route {r}"
+        );
+    }
+}
