@@ -334,10 +334,8 @@ impl RouteSeries {
     /// the histogram counts, which saves one write per request.
     #[inline]
     pub(crate) fn start(&self, shard: usize, method: u8) {
-        let shard = shard & (self.started.len() - 1);
         if let Some(started) = self
-            .started
-            .get(shard)
+            .shard_block(shard)
             .and_then(|counters| counters.counts.get(usize::from(method)))
         {
             started.fetch_add(1, Ordering::Relaxed);
@@ -347,10 +345,15 @@ impl RouteSeries {
     /// Records `address` as the last one this thread resolved the long way
     /// and returns the one before.
     fn swap_last_address(&self, shard: usize, address: u64) -> u64 {
-        let shard = shard & (self.started.len() - 1);
-        self.started.get(shard).map_or(0, |counters| {
+        self.shard_block(shard).map_or(0, |counters| {
             counters.last_address.swap(address, Ordering::Relaxed)
         })
+    }
+
+    /// The per-shard block of a thread's shard number (before masking).
+    #[inline]
+    fn shard_block(&self, shard: usize) -> Option<&StartedCounters> {
+        self.started.get(shard & (self.started.len() - 1))
     }
 
     /// Requests started with this method so far.
