@@ -83,6 +83,11 @@ pub struct CommonArgs {
     #[arg(long, env = "OKR_MAX_STALENESS", global = true, value_parser = parse_duration)]
     pub max_staleness: Option<Duration>,
 
+    /// How often the incremental collectors (engagement, mobile) recompute
+    /// fully and correct their state; `0` recomputes every run [default: 5m].
+    #[arg(long, env = "OKR_RECONCILE_INTERVAL", global = true, value_parser = parse_duration_or_zero)]
+    pub reconcile_interval: Option<Duration>,
+
     /// Rolling windows, comma-separated humantime durations [default: 1d,7d,30d].
     #[arg(long, env = "OKR_WINDOWS", global = true, value_parser = parse_windows)]
     pub windows: Option<Windows>,
@@ -201,6 +206,19 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
     Ok(d)
 }
+
+/// A duration in humantime syntax, where `0` is allowed (it turns the
+/// periodic behaviour it configures into "every run").
+pub fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
+    if s.trim() == "0" {
+        return Ok(Duration::ZERO);
+    }
+    humantime::parse_duration(s.trim())
+        .map_err(|e| format!("'{s}' is not a duration like 0, 30s, 5m or 7d ({e})"))
+}
+
+/// Default of `--reconcile-interval`.
+pub const DEFAULT_RECONCILE_INTERVAL: Duration = Duration::from_secs(300);
 
 /// One rolling window: its label (as written, e.g. `7d`) and its length.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -436,6 +454,9 @@ pub struct FileConfig {
     pub query_timeout: Option<String>,
     /// Staleness limit, humantime.
     pub max_staleness: Option<String>,
+    /// Full recomputation interval of the incremental collectors, humantime
+    /// (`"0s"`: every run).
+    pub reconcile_interval: Option<String>,
     /// Companies broken out in the engagement breakdown.
     pub company_top_n: Option<usize>,
     /// OKR targets.
@@ -465,6 +486,9 @@ pub struct Settings {
     pub query_timeout: Duration,
     /// Longest time a collector's last good values are served.
     pub max_staleness: Duration,
+    /// How often the incremental collectors recompute fully and correct
+    /// their state (zero: every run).
+    pub reconcile_interval: Duration,
     /// Rolling windows.
     pub windows: Windows,
     /// Ingestion token.
@@ -557,6 +581,12 @@ impl CommonArgs {
             .max_staleness
             .or(file_duration(&file.max_staleness, "max_staleness")?)
             .unwrap_or(collect_interval * 3);
+        let reconcile_interval = match (self.reconcile_interval, &file.reconcile_interval) {
+            (Some(d), _) => d,
+            (None, Some(v)) => parse_duration_or_zero(v)
+                .map_err(|e| ConfigError::Invalid(format!("reconcile_interval: {e}")))?,
+            (None, None) => DEFAULT_RECONCILE_INTERVAL,
+        };
         let windows = match (&self.windows, &file.windows) {
             (Some(w), _) => w.clone(),
             (None, Some(list)) => parse_windows(&list.join(","))
@@ -630,6 +660,7 @@ impl CommonArgs {
             collect_interval,
             query_timeout,
             max_staleness,
+            reconcile_interval,
             windows,
             ingest_token: secret("--ingest-token", &self.ingest_token)?,
             metrics_token: secret("--metrics-token", &self.metrics_token)?,
@@ -694,6 +725,7 @@ impl Settings {
             collect_interval: Duration::from_secs(60),
             query_timeout: Duration::from_secs(10),
             max_staleness: Duration::from_secs(180),
+            reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
             windows: Windows::default(),
             ingest_token: None,
             metrics_token: None,

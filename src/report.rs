@@ -13,7 +13,7 @@ use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
-use crate::collector::SnapshotStore;
+use crate::collector::{DraftCounts, SnapshotStore, Tally, mobile_share};
 use crate::config::Targets;
 use crate::server::AppState;
 
@@ -215,7 +215,7 @@ pub fn adoption(store: &SnapshotStore, window: &str) -> BTreeMap<String, f64> {
 }
 
 /// One day of rollup history.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HistoryDay {
     /// UTC day.
     pub day: NaiveDate,
@@ -237,22 +237,63 @@ pub struct HistoryDay {
     pub mobile_views_ratio: Option<f64>,
 }
 
+/// One day of the rollup tables, as stored.
+#[derive(Debug, sqlx::FromRow)]
+struct RollupDay {
+    day: NaiveDate,
+    created: Option<i64>,
+    published: Option<i64>,
+    deleted: Option<i64>,
+    followups: Option<i64>,
+    unique_visitors: Option<i64>,
+    engaged_followups: Option<i64>,
+    sessions: Option<i64>,
+    mobile: Option<i64>,
+    tablet: Option<i64>,
+    desktop: Option<i64>,
+    other: Option<i64>,
+}
+
+impl RollupDay {
+    /// The day's ratios, each from its OKR's own definition.
+    fn into_history(self) -> HistoryDay {
+        let drafts = self.created.map(|created| DraftCounts {
+            created,
+            published: self.published.unwrap_or(0),
+            deleted: self.deleted.unwrap_or(0),
+        });
+        let engagement = self.followups.map(|followups| Tally {
+            followups,
+            visitors: self.unique_visitors.unwrap_or(0),
+            engaged: self.engaged_followups.unwrap_or(0),
+        });
+        let devices = self
+            .sessions
+            .map(|_| [self.mobile, self.tablet, self.desktop, self.other].map(|v| v.unwrap_or(0)));
+        HistoryDay {
+            day: self.day,
+            drafts_created: self.created,
+            drafts_published: self.published,
+            draft_completion_ratio: drafts.and_then(|d| d.completion()),
+            followups_published: self.followups,
+            unique_visitors: self.unique_visitors,
+            engagement_ratio: engagement.and_then(|t| t.ratio()),
+            sessions: self.sessions,
+            mobile_views_ratio: devices.and_then(mobile_share),
+        }
+    }
+}
+
 /// Reads the last `days` days of rollups, newest first.
 pub async fn history(pool: &sqlx::PgPool, days: u32) -> Result<Vec<HistoryDay>, sqlx::Error> {
-    sqlx::query_as(
+    let rows: Vec<RollupDay> = sqlx::query_as(
         "WITH days AS (
              SELECT day FROM okr_draft_completions
              UNION SELECT day FROM okr_engagement
              UNION SELECT day FROM okr_mobile_usage)
-         SELECT d.day,
-                dc.created AS drafts_created,
-                dc.published AS drafts_published,
-                dc.published::float8 / nullif(dc.created, 0) AS draft_completion_ratio,
-                e.followups AS followups_published,
-                e.unique_visitors,
-                e.unique_visitors::float8 / nullif(e.followups, 0) AS engagement_ratio,
-                m.sessions,
-                m.mobile::float8 / nullif(m.sessions, 0) AS mobile_views_ratio
+         SELECT d.day, dc.created, dc.published, dc.deleted,
+                e.followups, e.unique_visitors, e.engaged_followups,
+                m.sessions, m.mobile, m.tablet, m.desktop, m.other
          FROM days d
          LEFT JOIN okr_draft_completions dc ON dc.day = d.day
          LEFT JOIN okr_engagement e ON e.day = d.day
@@ -262,7 +303,8 @@ pub async fn history(pool: &sqlx::PgPool, days: u32) -> Result<Vec<HistoryDay>, 
     )
     .bind(days as i32)
     .fetch_all(pool)
-    .await
+    .await?;
+    Ok(rows.into_iter().map(RollupDay::into_history).collect())
 }
 
 /// The whole report.

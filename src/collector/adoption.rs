@@ -1,5 +1,6 @@
-//! Adoption: follow-ups created and published per window, active and repeat
-//! creators.
+//! Adoption: follow-ups created per window, active and repeat creators.
+//! (Follow-ups published per window is the engagement denominator and comes
+//! from [`engagement`](super::engagement)'s tally, so it has one definition.)
 
 use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
@@ -7,7 +8,7 @@ use sqlx::PgConnection;
 
 use super::intern::Interner;
 use super::pg_time::PgMicros;
-use super::{CollectContext, Family, OkrCollector, RowDecoder, ratio};
+use super::{CollectContext, Collected, Family, OkrCollector, RowDecoder, ratio};
 
 // The follow-ups created or published in the longest window, read once
 // (range scans of okr_followups_created_at_idx and the partial
@@ -22,8 +23,7 @@ SELECT f.creator_id, f.created_at, f.published_at FROM followups f
 WHERE f.published_at > $1 - make_interval(secs => $2) AND f.published_at <= $1
   AND NOT (f.created_at > $1 - make_interval(secs => $2) AND f.created_at <= $1)";
 
-/// Collects `okr_followups_created`, `okr_followups_published`,
-/// `okr_active_creators` and `okr_repeat_creators_ratio`.
+/// Collects `okr_followups_created`, `okr_active_creators` and `okr_repeat_creators_ratio`.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct AdoptionCollector;
 
@@ -36,7 +36,7 @@ impl OkrCollector for AdoptionCollector {
         &'a self,
         conn: &'a mut PgConnection,
         ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
             // Creator ids are borrowed from each row into a dictionary:
             // one allocation per creator, not per row.
@@ -61,10 +61,6 @@ impl OkrCollector for AdoptionCollector {
                 "okr_followups_created",
                 "Follow-ups created in the window (followups.created_at).",
             );
-            let mut published = Family::new(
-                "okr_followups_published",
-                "Follow-ups published in the window (followups.published_at); the engagement denominator.",
-            );
             let mut active = Family::new(
                 "okr_active_creators",
                 "Distinct creators who created or published a follow-up in the window (1d = DAU, 7d = WAU).",
@@ -79,7 +75,6 @@ impl OkrCollector for AdoptionCollector {
             let starts: Vec<PgMicros> = PgMicros::window_starts(ctx);
             let n = starts.len();
             let mut n_created = vec![0_i64; n];
-            let mut n_published = vec![0_i64; n];
             let mut per_creator = vec![-1_i64; n * creator_ids.len()];
             for (creator, created_at, published_at) in &rows {
                 for (i, start) in starts.iter().enumerate() {
@@ -87,7 +82,6 @@ impl OkrCollector for AdoptionCollector {
                     let c = inside(*created_at);
                     let p = published_at.is_some_and(inside);
                     n_created[i] += i64::from(c);
-                    n_published[i] += i64::from(p);
                     let entry = &mut per_creator[creator * n + i];
                     if c {
                         *entry = (*entry).max(0) + 1;
@@ -102,13 +96,12 @@ impl OkrCollector for AdoptionCollector {
                 let with_one = column().filter(|c| **c >= 1).count() as i64;
                 let with_two = column().filter(|c| **c >= 2).count() as i64;
                 created.push_window(&w.label, n_created[i] as f64);
-                published.push_window(&w.label, n_published[i] as f64);
                 active.push_window(&w.label, active_n as f64);
                 if let Some(r) = ratio(with_two, with_one) {
                     repeat.push_window(&w.label, r);
                 }
             }
-            Ok(vec![created, published, active, repeat])
+            Ok(vec![created, active, repeat].into())
         })
     }
 }

@@ -4,7 +4,7 @@
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::{CollectContext, Family, OkrCollector, ratio};
+use super::{CollectContext, Collected, Family, OkrCollector, ratio};
 
 /// Quantiles exported as the `quantile` label.
 const QUANTILES: [(f64, &str); 3] = [(0.5, "0.5"), (0.8, "0.8"), (0.95, "0.95")];
@@ -39,7 +39,7 @@ impl OkrCollector for CreationTimeCollector {
         &'a self,
         conn: &'a mut PgConnection,
         ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
             let (labels, secs) = ctx.window_params();
             let rows: Vec<(String, i64, i64, Option<Vec<f64>>)> = sqlx::query_as(SQL)
@@ -77,7 +77,7 @@ impl OkrCollector for CreationTimeCollector {
                     }
                 }
             }
-            Ok(vec![quantiles, within, samples])
+            Ok(vec![quantiles, within, samples].into())
         })
     }
 }

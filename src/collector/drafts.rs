@@ -1,25 +1,76 @@
 //! OKR 2, draft completion: of the follow-ups created in each window, how
-//! many got published, deleted, or are still open.
+//! many got published, deleted, or are still open. The daily rollup counts
+//! its days with the same [`counts`].
 
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::{CollectContext, Family, OkrCollector, ratio};
+use super::pg_time::Span;
+use super::{CollectContext, Collected, Family, OkrCollector, ratio};
 
-// Index-only range scan of okr_followups_created_at_idx per window. Note
-// `count(*) FILTER (WHERE published_at IS NOT NULL)`: the seed's
-// `COUNT(published_at IS NOT NULL)` counted every row.
+// The definition, per interval (lo, hi]: one index-only range scan of
+// okr_followups_created_at_idx each. Note `count(*) FILTER (WHERE
+// published_at IS NOT NULL)`: the seed's `COUNT(published_at IS NOT NULL)`
+// counted every row.
 const SQL: &str = "
-SELECT w.label, x.total, x.published, x.deleted
-FROM unnest($1::text[], $2::float8[]) AS w(label, secs)
+SELECT x.total, x.published, x.deleted
+FROM unnest($1::timestamptz[], $2::timestamptz[]) WITH ORDINALITY AS i(lo, hi, n)
 CROSS JOIN LATERAL (
     SELECT count(*) AS total,
            count(*) FILTER (WHERE f.published_at IS NOT NULL) AS published,
            count(*) FILTER (WHERE f.published_at IS NULL AND f.deleted_at IS NOT NULL) AS deleted
     FROM followups f
-    WHERE f.created_at > $3 - make_interval(secs => w.secs)
-      AND f.created_at <= $3
-) x";
+    WHERE f.created_at > i.lo
+      AND f.created_at <= i.hi
+) x
+ORDER BY i.n";
+
+/// Follow-ups created in one interval, by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct DraftCounts {
+    /// All follow-ups created in the interval.
+    pub(crate) created: i64,
+    /// Of those, published (`published_at` set).
+    pub(crate) published: i64,
+    /// Else deleted (`deleted_at` set).
+    pub(crate) deleted: i64,
+}
+
+impl DraftCounts {
+    /// Neither published nor deleted.
+    pub(crate) fn open(&self) -> i64 {
+        self.created - self.published - self.deleted
+    }
+
+    /// `okr_draft_completion_ratio` (absent without any follow-up).
+    pub(crate) fn completion(&self) -> Option<f64> {
+        ratio(self.published, self.created)
+    }
+}
+
+/// The draft-completion definition: counts of each of `spans`, in order.
+pub(crate) async fn counts(
+    conn: &mut PgConnection,
+    spans: &[Span],
+) -> Result<Vec<DraftCounts>, sqlx::Error> {
+    let (lo, hi): (Vec<_>, Vec<_>) = spans
+        .iter()
+        .map(|s| (s.lo.to_datetime(), s.hi.to_datetime()))
+        .unzip();
+    let rows: Vec<(i64, i64, i64)> = sqlx::query_as(SQL)
+        .bind(lo)
+        .bind(hi)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(created, published, deleted)| DraftCounts {
+            created,
+            published,
+            deleted,
+        })
+        .collect())
+}
 
 /// Collects `okr_draft_completion_ratio` and `okr_drafts{outcome}`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -34,15 +85,9 @@ impl OkrCollector for DraftsCollector {
         &'a self,
         conn: &'a mut PgConnection,
         ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
-            let (labels, secs) = ctx.window_params();
-            let rows: Vec<(String, i64, i64, i64)> = sqlx::query_as(SQL)
-                .bind(&labels)
-                .bind(&secs)
-                .bind(ctx.now)
-                .fetch_all(&mut *conn)
-                .await?;
+            let counts = counts(conn, &Span::windows(ctx)).await?;
             let mut completion = Family::new(
                 "okr_draft_completion_ratio",
                 "Share of follow-ups created in the window that got published \
@@ -53,23 +98,22 @@ impl OkrCollector for DraftsCollector {
                 "Follow-ups created in the window by outcome: published (published_at set), \
                  deleted (else deleted_at set), open (neither).",
             );
-            for (window, total, published, deleted) in rows {
-                if let Some(r) = ratio(published, total) {
-                    completion.push_window(&window, r);
+            for (w, c) in ctx.windows.0.iter().zip(counts) {
+                if let Some(r) = c.completion() {
+                    completion.push_window(&w.label, r);
                 }
-                let open = total - published - deleted;
                 for (outcome, n) in [
-                    ("published", published),
-                    ("deleted", deleted),
-                    ("open", open),
+                    ("published", c.published),
+                    ("deleted", c.deleted),
+                    ("open", c.open()),
                 ] {
                     drafts.push(
-                        vec![("window", window.clone()), ("outcome", outcome.to_owned())],
+                        vec![("window", w.label.clone()), ("outcome", outcome.to_owned())],
                         n as f64,
                     );
                 }
             }
-            Ok(vec![completion, drafts])
+            Ok(vec![completion, drafts].into())
         })
     }
 }

@@ -10,22 +10,23 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::intern::Interner;
-use super::pg_time::PgMicros;
+use super::pg_time::{PgMicros, Span};
+use super::reconcile::{self, ReconcileClock};
 use super::watermark::{Watermarks, current_mark};
-use super::{CollectContext, Family, OkrCollector, RowDecoder, ratio};
+use super::{CollectContext, Collected, Family, OkrCollector, RowDecoder, ratio};
 
 /// Label value of the companies outside the top N.
 pub const OTHER_COMPANY: &str = "__other__";
 
-// F = follow-ups published in the longest window, read whole every run
-// (partial index okr_followups_published_at_idx), so membership and
-// dimensions are always current. NULL or empty dimensions become "unknown"
-// in Rust (in SQL that cost ~3 of the query's ~10 ms at 1M follow-ups).
+// F = follow-ups published in an interval, read whole every run (partial
+// index okr_followups_published_at_idx), so membership and dimensions are
+// always current. NULL or empty dimensions become "unknown" in Rust (in SQL
+// that cost ~3 of the query's ~10 ms at 1M follow-ups).
 const F_SQL: &str = "
 SELECT f.id, f.published_at, f.meeting_type, f.creator_region, f.company
 FROM followups f
-WHERE f.published_at > $1 - make_interval(secs => $2)
-  AND f.published_at <= $1";
+WHERE f.published_at > $1
+  AND f.published_at <= $2";
 
 // Distinct visitors (sessions up to now) of the given follow-ups: index-only
 // lookups on okr_analytics_sessions_followup_visitor_idx, a hash join
@@ -48,13 +49,16 @@ SELECT DISTINCT followup_id FROM analytics_sessions WHERE started_at > $2 AND st
 /// Ids per `= ANY($1)` query.
 const CHUNK: usize = 5_000;
 
-/// Collects `okr_engagement_ratio`, `okr_engaged_followups_ratio` and the
-/// breakdowns by meeting type, creator region and (top-N) company.
+/// Collects `okr_engagement_ratio`, `okr_engaged_followups_ratio`, the
+/// breakdowns by meeting type, creator region and (top-N) company, and
+/// `okr_followups_published` (the denominator, from the same tally).
 ///
 /// Keeps each recent follow-up's distinct-visitor count between runs and
 /// re-reads only the follow-ups with new sessions (see
-/// [`watermark`](super::watermark)); a run without a usable watermark
-/// recomputes every count. Either way the result is exact.
+/// [`watermark`](super::watermark)). That state is verified, never trusted:
+/// every `--reconcile-interval` a run recomputes every count, serves that,
+/// and reports the series the incremental state had wrong
+/// ([`reconcile`](super::reconcile)).
 #[derive(Debug, Default)]
 pub struct EngagementCollector {
     state: tokio::sync::Mutex<State>,
@@ -71,18 +75,26 @@ impl EngagementCollector {
 
 type Fast = foldhash::fast::RandomState;
 
+/// Distinct visitors per follow-up.
+pub(crate) type Visitors = HashMap<Uuid, i64, Fast>;
+
 #[derive(Debug, Default)]
 struct State {
-    visitors: HashMap<Uuid, i64, Fast>,
+    visitors: Visitors,
     marks: Watermarks,
     last_now: Option<DateTime<Utc>>,
+    clock: ReconcileClock,
 }
 
-#[derive(Debug, Default, Clone, Copy)]
-struct Tally {
-    followups: i64,
-    visitors: i64,
-    engaged: i64,
+/// The engagement definition's sums over one group of follow-ups.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Tally {
+    /// Follow-ups published in the interval (the denominator).
+    pub(crate) followups: i64,
+    /// Σ distinct visitors of those follow-ups.
+    pub(crate) visitors: i64,
+    /// Those with at least one visitor.
+    pub(crate) engaged: i64,
 }
 
 impl Tally {
@@ -91,11 +103,29 @@ impl Tally {
         self.visitors += visitors;
         self.engaged += i64::from(visitors > 0);
     }
+
+    fn merge(self, other: Self) -> Self {
+        Self {
+            followups: self.followups + other.followups,
+            visitors: self.visitors + other.visitors,
+            engaged: self.engaged + other.engaged,
+        }
+    }
+
+    /// `okr_engagement_ratio`: visitors per follow-up (absent without any).
+    pub(crate) fn ratio(&self) -> Option<f64> {
+        ratio(self.visitors, self.followups)
+    }
+
+    /// `okr_engaged_followups_ratio`.
+    pub(crate) fn engaged_ratio(&self) -> Option<f64> {
+        ratio(self.engaged, self.followups)
+    }
 }
 
 /// One follow-up of F, its dimensions as ids of [`Dims`].
 #[derive(Debug, Clone, Copy)]
-struct Followup {
+pub(crate) struct Followup {
     id: Uuid,
     published_at: PgMicros,
     meeting: usize,
@@ -103,12 +133,26 @@ struct Followup {
     company: usize,
 }
 
-/// The distinct dimension values of one run.
+/// The distinct dimension values of one read.
 #[derive(Debug, Default)]
-struct Dims {
+pub(crate) struct Dims {
     meeting: Interner,
     region: Interner,
     company: Interner,
+}
+
+/// F over an interval: the follow-ups and their dimension dictionaries.
+#[derive(Debug, Default)]
+pub(crate) struct Published {
+    followups: Vec<Followup>,
+    dims: Dims,
+}
+
+impl Published {
+    /// The follow-ups' ids.
+    pub(crate) fn ids(&self) -> Vec<Uuid> {
+        self.followups.iter().map(|f| f.id).collect()
+    }
 }
 
 /// A dimension value as a label: NULL or empty is "unknown".
@@ -116,18 +160,21 @@ fn or_unknown(value: Option<&str>) -> &str {
     value.filter(|v| !v.is_empty()).unwrap_or("unknown")
 }
 
-/// Reads F, each string borrowed from its row into the run's dictionaries.
-async fn read_followups(
+/// Reads the follow-ups published in `span`, each string borrowed from its
+/// row into the read's dictionaries.
+pub(crate) async fn read_published(
     conn: &mut PgConnection,
-    now: DateTime<Utc>,
-    longest_secs: f64,
-) -> Result<(Vec<Followup>, Dims), sqlx::Error> {
+    span: Span,
+) -> Result<Published, sqlx::Error> {
     let mut dims = Dims::default();
-    let mut out = Vec::new();
-    let mut rows = sqlx::query(F_SQL).bind(now).bind(longest_secs).fetch(conn);
+    let mut followups = Vec::new();
+    let mut rows = sqlx::query(F_SQL)
+        .bind(span.lo.to_datetime())
+        .bind(span.hi.to_datetime())
+        .fetch(conn);
     let mut decoder = RowDecoder::default();
     while let Some(row) = rows.try_next().await? {
-        out.push(Followup {
+        followups.push(Followup {
             id: decoder.get(&row, 0)?,
             published_at: decoder.get(&row, 1)?,
             meeting: dims.meeting.id(or_unknown(decoder.get(&row, 2)?)),
@@ -136,7 +183,76 @@ async fn read_followups(
         });
         decoder.row_done();
     }
-    Ok((out, dims))
+    Ok(Published { followups, dims })
+}
+
+/// Distinct visitors, over sessions started up to `now`, of each of `ids`
+/// (follow-ups without any are absent).
+pub(crate) async fn read_visitors(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<Visitors, sqlx::Error> {
+    let mut out: Visitors = HashMap::with_capacity_and_hasher(ids.len(), Fast::default());
+    for chunk in ids.chunks(CHUNK) {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(VISITORS_SQL)
+            .bind(chunk)
+            .bind(now)
+            .fetch_all(&mut *conn)
+            .await?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+/// The engagement definition: for each of `spans`, the tally of the
+/// follow-ups of `f` published in it, overall and per dimension value.
+/// Flat arrays indexed by (dimension value, span).
+#[derive(Debug)]
+pub(crate) struct Tallies {
+    spans: usize,
+    /// Per span, all follow-ups.
+    pub(crate) totals: Vec<Tally>,
+    meetings: Vec<Tally>,
+    regions: Vec<Tally>,
+    companies: Vec<Tally>,
+}
+
+impl Tallies {
+    /// One pass over F: each follow-up adds to every span it falls in.
+    pub(crate) fn count(f: &Published, visitors: &Visitors, spans: &[Span]) -> Self {
+        let n = spans.len();
+        let dims = &f.dims;
+        let mut t = Self {
+            spans: n,
+            totals: vec![Tally::default(); n],
+            meetings: vec![Tally::default(); n * dims.meeting.len()],
+            regions: vec![Tally::default(); n * dims.region.len()],
+            companies: vec![Tally::default(); n * dims.company.len()],
+        };
+        for f in &f.followups {
+            let v = visitors.get(&f.id).copied().unwrap_or(0);
+            for (i, span) in spans.iter().enumerate() {
+                if span.contains(f.published_at) {
+                    t.totals[i].add(v);
+                    t.meetings[f.meeting * n + i].add(v);
+                    t.regions[f.region * n + i].add(v);
+                    t.companies[f.company * n + i].add(v);
+                }
+            }
+        }
+        t
+    }
+
+    /// The tallies of span `i` by dimension value, non-empty only.
+    fn column(&self, tallies: &[Tally], names: &Interner, i: usize) -> Vec<(String, Tally)> {
+        let n = self.spans;
+        (0..names.len())
+            .map(|d| (d, tallies[d * n + i]))
+            .filter(|(_, t)| t.followups > 0)
+            .map(|(d, t)| (names.name(d).to_owned(), t))
+            .collect()
+    }
 }
 
 impl OkrCollector for EngagementCollector {
@@ -144,54 +260,61 @@ impl OkrCollector for EngagementCollector {
         "engagement"
     }
 
+    fn reconciles(&self) -> bool {
+        true
+    }
+
     fn collect<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
             // First statement: fixes the transaction's snapshot.
             let mark = current_mark(&mut *conn).await?;
             let now = ctx.now;
-            let longest = ctx.windows.longest().as_secs_f64();
-            let (followups, dims) = read_followups(&mut *conn, now, longest).await?;
+            let f = read_published(&mut *conn, Span::longest_window(ctx)).await?;
 
             let incremental = match (state.last_now, state.marks.bound()) {
                 (Some(prev), Some(bound)) if prev <= now => Some((prev, bound)),
                 _ => None,
             };
-            let changed: HashSet<Uuid, Fast> = match incremental {
-                Some((prev, bound)) => sqlx::query_as::<_, (Uuid,)>(CHANGED_SQL)
-                    .bind(bound)
-                    .bind(prev)
-                    .bind(now)
-                    .fetch_all(&mut *conn)
-                    .await?
-                    .into_iter()
-                    .map(|(id,)| id)
-                    .collect(),
-                None => HashSet::default(),
+            let full = state.clock.full_reason(
+                now,
+                ctx.reconcile_interval,
+                incremental.is_some(),
+                mark.modifications,
+            );
+            // The incremental view: which follow-ups the watermark says may
+            // have changed. Also built on a verifying run, to be checked.
+            let changed: Option<HashSet<Uuid, Fast>> = match incremental {
+                Some((prev, bound)) if full.is_none_or(|r| r.verifies()) => Some(
+                    sqlx::query_as::<_, (Uuid,)>(CHANGED_SQL)
+                        .bind(bound)
+                        .bind(prev)
+                        .bind(now)
+                        .fetch_all(&mut *conn)
+                        .await?
+                        .into_iter()
+                        .map(|(id,)| id)
+                        .collect(),
+                ),
+                _ => None,
             };
             let stale = |id: &Uuid| {
-                incremental.is_none() || changed.contains(id) || !state.visitors.contains_key(id)
+                changed
+                    .as_ref()
+                    .is_none_or(|c| c.contains(id) || !state.visitors.contains_key(id))
             };
-            let need: Vec<Uuid> = followups
-                .iter()
-                .map(|f| f.id)
-                .filter(|id| stale(id))
-                .collect();
-            let mut fresh: HashMap<Uuid, i64, Fast> =
-                HashMap::with_capacity_and_hasher(need.len(), Fast::default());
-            for chunk in need.chunks(CHUNK) {
-                let rows: Vec<(Uuid, i64)> = sqlx::query_as(VISITORS_SQL)
-                    .bind(chunk)
-                    .bind(now)
-                    .fetch_all(&mut *conn)
-                    .await?;
-                fresh.extend(rows);
-            }
-            let visitors: HashMap<Uuid, i64, Fast> = followups
+            let need: Vec<Uuid> = if full.is_some() {
+                f.followups.iter().map(|f| f.id).collect()
+            } else {
+                f.followups.iter().map(|f| f.id).filter(stale).collect()
+            };
+            let fresh = read_visitors(&mut *conn, &need, now).await?;
+            let updated: Visitors = f
+                .followups
                 .iter()
                 .map(|f| {
                     let v = if stale(&f.id) {
@@ -203,36 +326,53 @@ impl OkrCollector for EngagementCollector {
                 })
                 .collect();
 
+            let spans = Span::windows(ctx);
+            let served = families(ctx, &f, &Tallies::count(&f, &updated, &spans));
+            let mut corrections = 0;
+            let (families, visitors) = match full {
+                // Without an incremental view every count was read fresh.
+                None => (served, updated),
+                Some(reason) if !reason.verifies() => (served, updated),
+                Some(_) => {
+                    let all: Visitors = f
+                        .followups
+                        .iter()
+                        .map(|f| (f.id, fresh.get(&f.id).copied().unwrap_or(0)))
+                        .collect();
+                    let exact = families(ctx, &f, &Tallies::count(&f, &all, &spans));
+                    corrections = reconcile::corrections(&served, &exact);
+                    (exact, all)
+                }
+            };
             tracing::debug!(
-                incremental = incremental.is_some(),
-                followups = followups.len(),
-                changed = changed.len(),
+                full = ?full,
+                followups = f.followups.len(),
+                changed = changed.as_ref().map_or(0, HashSet::len),
                 recomputed = need.len(),
+                corrections,
                 ?mark,
                 "engagement run"
             );
-            let families = aggregate(ctx, &followups, &dims, &visitors);
             // Earlier marks stay valid after a full recomputation: they are
             // facts about earlier snapshots, and the next bound needs them.
             state.marks.record(mark);
-            if incremental.is_some() {
+            state.clock.record(now, full.is_some(), mark.modifications);
+            if full.is_none() {
                 self.incremental_runs
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             state.visitors = visitors;
             state.last_now = Some(now);
-            Ok(families)
+            Ok(Collected {
+                families,
+                corrections,
+            })
         })
     }
 }
 
-/// The gauge families from F and each follow-up's distinct visitors.
-fn aggregate(
-    ctx: &CollectContext,
-    followups: &[Followup],
-    dims: &Dims,
-    visitors: &HashMap<Uuid, i64, Fast>,
-) -> Vec<Family> {
+/// The gauge families of the windows of `ctx` from their tallies.
+fn families(ctx: &CollectContext, f: &Published, t: &Tallies) -> Vec<Family> {
     let mut overall = Family::new(
         "okr_engagement_ratio",
         "Unique prospect visitors per follow-up published in the window: sum over those \
@@ -255,58 +395,39 @@ fn aggregate(
         "okr_engagement_ratio for the top companies by follow-ups published in the window; \
          the rest together as company=\"__other__\".",
     );
-    // One pass over F: each follow-up adds to every window it falls in;
-    // tallies are flat arrays indexed by (dimension value, window).
-    let starts: Vec<PgMicros> = PgMicros::window_starts(ctx);
-    let n = starts.len();
-    let mut totals = vec![Tally::default(); n];
-    let mut meetings = vec![Tally::default(); n * dims.meeting.len()];
-    let mut regions = vec![Tally::default(); n * dims.region.len()];
-    let mut companies = vec![Tally::default(); n * dims.company.len()];
-    for f in followups {
-        let v = visitors.get(&f.id).copied().unwrap_or(0);
-        for (i, start) in starts.iter().enumerate() {
-            if f.published_at > *start {
-                totals[i].add(v);
-                meetings[f.meeting * n + i].add(v);
-                regions[f.region * n + i].add(v);
-                companies[f.company * n + i].add(v);
-            }
-        }
-    }
-    // The tallies of one window, by dimension value, non-empty only.
-    let column = |tallies: &[Tally], names: &Interner, i: usize| -> Vec<(String, Tally)> {
-        (0..names.len())
-            .map(|d| (d, tallies[d * n + i]))
-            .filter(|(_, t)| t.followups > 0)
-            .map(|(d, t)| (names.name(d).to_owned(), t))
-            .collect()
-    };
+    let mut published = Family::new(
+        "okr_followups_published",
+        "Follow-ups published in the window (followups.published_at); the engagement denominator.",
+    );
+    let dims = &f.dims;
     for (i, w) in ctx.windows.0.iter().enumerate() {
         let window = w.label.as_str();
-        let total = totals[i];
-        if let Some(r) = ratio(total.visitors, total.followups) {
+        let total = t.totals[i];
+        published.push_window(window, total.followups as f64);
+        if let Some(r) = total.ratio() {
             overall.push_window(window, r);
         }
-        if let Some(r) = ratio(total.engaged, total.followups) {
+        if let Some(r) = total.engaged_ratio() {
             engaged.push_window(window, r);
         }
-        for (m, t) in column(&meetings, &dims.meeting, i) {
-            push_dim(&mut by_meeting, window, "meeting_type", m, t);
+        for (m, tally) in t.column(&t.meetings, &dims.meeting, i) {
+            push_dim(&mut by_meeting, window, "meeting_type", m, tally);
         }
-        for (r, t) in column(&regions, &dims.region, i) {
-            push_dim(&mut by_region, window, "creator_region", r, t);
+        for (r, tally) in t.column(&t.regions, &dims.region, i) {
+            push_dim(&mut by_region, window, "creator_region", r, tally);
         }
-        let list = column(&companies, &dims.company, i);
-        for (company, t) in top_companies(list, ctx.company_top_n) {
-            push_dim(&mut by_company, window, "company", company, t);
+        let list = t.column(&t.companies, &dims.company, i);
+        for (company, tally) in top_companies(list, ctx.company_top_n) {
+            push_dim(&mut by_company, window, "company", company, tally);
         }
     }
-    vec![overall, engaged, by_meeting, by_region, by_company]
+    vec![
+        overall, engaged, by_meeting, by_region, by_company, published,
+    ]
 }
 
 fn push_dim(fam: &mut Family, window: &str, key: &'static str, value: String, t: Tally) {
-    if let Some(r) = ratio(t.visitors, t.followups) {
+    if let Some(r) = t.ratio() {
         fam.push(vec![("window", window.to_owned()), (key, value)], r);
     }
 }
@@ -326,11 +447,9 @@ fn top_companies(mut list: Vec<(String, Tally)>, n: usize) -> Vec<(String, Tally
         Vec::new()
     };
     if !rest.is_empty() {
-        let other = rest.iter().fold(Tally::default(), |acc, (_, t)| Tally {
-            followups: acc.followups + t.followups,
-            visitors: acc.visitors + t.visitors,
-            engaged: acc.engaged + t.engaged,
-        });
+        let other = rest
+            .iter()
+            .fold(Tally::default(), |acc, (_, t)| acc.merge(*t));
         list.push((OTHER_COMPANY.to_owned(), other));
     }
     list

@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::{CollectContext, Family, OkrCollector};
+use super::{CollectContext, Collected, Family, OkrCollector};
 
 /// Status label values always exported (0 when none).
 const STATUSES: [&str; 3] = ["draft", "published", "deleted"];
@@ -33,7 +33,7 @@ impl OkrCollector for InventoryCollector {
         &'a self,
         conn: &'a mut PgConnection,
         _ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
             let rows: Vec<(String, i64)> = sqlx::query_as(SQL).fetch_all(&mut *conn).await?;
             let mut fam = Family::new(
@@ -47,7 +47,7 @@ impl OkrCollector for InventoryCollector {
                     .map_or(0, |(_, n)| *n);
                 fam.push(vec![("status", status.to_owned())], n as f64);
             }
-            Ok(vec![fam])
+            Ok(vec![fam].into())
         })
     }
 }

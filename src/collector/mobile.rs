@@ -4,19 +4,26 @@
 //! Keeps the sessions of the longest window in memory (start time, id and
 //! device class, 17 bytes each, sorted by time) and adds only the rows new
 //! since the last run (see [`watermark`](super::watermark)); a run without a
-//! usable watermark reloads the window. Either way the counts are exact.
+//! usable watermark reloads the window. The state is verified, never
+//! trusted: every `--reconcile-interval` a run reloads the window, serves
+//! that, and reports the series the incremental state had wrong
+//! ([`reconcile`](super::reconcile)). The daily rollup counts its days
+//! with the same [`Sessions::counts`].
 
 use std::collections::VecDeque;
 
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
+use super::pg_time::{PgMicros, Span};
+use super::reconcile::{self, ReconcileClock};
 use super::watermark::{Watermarks, current_mark};
-use super::{CollectContext, Family, OkrCollector, ratio};
+use super::{CollectContext, Collected, Family, OkrCollector, RowDecoder, ratio};
 
 /// Device classes, in label order; anything else counts as `other`.
-const DEVICES: [&str; 4] = ["mobile", "tablet", "desktop", "other"];
+pub(crate) const DEVICES: [&str; 4] = ["mobile", "tablet", "desktop", "other"];
 
 // Full load: range scan of okr_analytics_sessions_started_at_idx (index-only).
 const WINDOW_SQL: &str = "
@@ -49,25 +56,33 @@ struct State {
     sessions: Sessions,
     marks: Watermarks,
     last_now: Option<DateTime<Utc>>,
+    clock: ReconcileClock,
 }
 
-/// The sessions after the longest window's start (future-dated ones
-/// included), sorted by (started_at in microseconds, id), with the device
-/// classes in a parallel array.
+/// Sessions after some start (future-dated ones included), sorted by
+/// (started_at as [`PgMicros`], id), with the device classes in a parallel
+/// array: the mobile definition counts over it.
 ///
 /// A window's counts are two binary searches and one pass over a byte
 /// array; at 1M follow-ups / 10M sessions (≈ 410k sessions in 30 days) this
 /// took the collector from 25 ms to a few ms per run against an ordered
 /// tree map, whose range walks and `split_off` dominated (see BENCHMARKS.md).
 #[derive(Debug, Default)]
-struct Sessions {
+pub(crate) struct Sessions {
     keys: VecDeque<(i64, i64)>,
     classes: VecDeque<u8>,
 }
 
 impl Sessions {
+    /// Sessions from `rows` (any order, duplicates allowed).
+    pub(crate) fn from_rows(rows: Vec<SessionRow>) -> Self {
+        let mut s = Self::default();
+        s.reload(rows);
+        s
+    }
+
     /// Replaces the content with `rows` (any order, duplicates allowed).
-    fn reload(&mut self, mut rows: Vec<((i64, i64), u8)>) {
+    fn reload(&mut self, mut rows: Vec<SessionRow>) {
         rows.sort_unstable_by_key(|r| r.0);
         rows.dedup_by_key(|r| r.0);
         self.keys = rows.iter().map(|r| r.0).collect();
@@ -91,7 +106,7 @@ impl Sessions {
     /// Adds rows sorted by key. Rows after the last key append; when more
     /// than a few land inside (back-dated sessions), the two sorted lists are
     /// merged in one pass instead of shifting the array once per row.
-    fn add_sorted(&mut self, rows: Vec<((i64, i64), u8)>) {
+    fn add_sorted(&mut self, rows: Vec<SessionRow>) {
         const MERGE_AFTER: usize = 64;
         let last = self.keys.back().copied();
         let inside = rows.partition_point(|r| last.is_some_and(|l| r.0 <= l));
@@ -101,7 +116,7 @@ impl Sessions {
             }
             return;
         }
-        let mut all: Vec<((i64, i64), u8)> = self
+        let mut all: Vec<SessionRow> = self
             .keys
             .iter()
             .copied()
@@ -123,8 +138,10 @@ impl Sessions {
         self.classes.drain(..n);
     }
 
-    /// Sessions per device class with `from < started_at <= to`.
-    fn counts(&self, from: i64, to: i64) -> [i64; 4] {
+    /// The mobile definition: sessions per device class (in [`DEVICES`]
+    /// order) with `started_at` in `span`.
+    pub(crate) fn counts(&self, span: Span) -> [i64; 4] {
+        let (from, to) = (span.lo.micros(), span.hi.micros());
         let lo = self.keys.partition_point(|k| k.0 <= from);
         let hi = self.keys.partition_point(|k| k.0 <= to);
         let mut counts = [0_i64; 4];
@@ -156,99 +173,157 @@ impl OkrCollector for MobileCollector {
         "mobile"
     }
 
+    fn reconciles(&self) -> bool {
+        true
+    }
+
     fn collect<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
             let mut state = self.state.lock().await;
             let mark = current_mark(&mut *conn).await?;
             let now = ctx.now;
-            let lo = ctx.start_of(ctx.windows.longest());
+            let lo = Span::longest_window(ctx).lo;
             let incremental = match (state.last_now, state.marks.bound()) {
                 (Some(prev), Some(bound)) if prev <= now => Some(bound),
                 _ => None,
             };
-            let rows: Vec<(i64, DateTime<Utc>, String)> = match incremental {
-                Some(bound) => {
-                    sqlx::query_as(NEW_SQL)
-                        .bind(bound)
-                        .bind(lo)
-                        .fetch_all(&mut *conn)
-                        .await?
-                }
-                None => {
-                    sqlx::query_as(WINDOW_SQL)
-                        .bind(lo)
-                        .fetch_all(&mut *conn)
-                        .await?
-                }
-            };
-            tracing::debug!(
-                incremental = incremental.is_some(),
-                rows = rows.len(),
-                ?mark,
-                "mobile run"
+            let full = state.clock.full_reason(
+                now,
+                ctx.reconcile_interval,
+                incremental.is_some(),
+                mark.modifications,
             );
-            // Every query succeeded: update the state.
-            let mut rows: Vec<_> = rows
-                .into_iter()
-                .map(|(id, started_at, device)| {
-                    ((started_at.timestamp_micros(), id), device_class(&device))
-                })
-                .collect();
-            if incremental.is_none() {
-                state.sessions.reload(rows);
-            } else {
+            // The incremental update, also made on a verifying run to be checked.
+            let mut new_rows = 0;
+            let mut served = None;
+            if let Some(bound) = incremental.filter(|_| full.is_none_or(|r| r.verifies())) {
+                let mut rows = read_rows(&mut *conn, NEW_SQL, Some(bound), lo).await?;
+                new_rows = rows.len();
                 // Sorted, new rows mostly append at the end.
                 rows.sort_unstable_by_key(|r| r.0);
                 state.sessions.add_sorted(rows);
+                state.sessions.evict_through(lo.micros());
+                served = Some(families(ctx, &state.sessions));
             }
-            state.sessions.evict_through(lo.timestamp_micros());
+            let mut corrections = 0;
+            let families = match (full, served) {
+                (None, Some(served)) => served,
+                (_, served) => {
+                    let rows = read_rows(&mut *conn, WINDOW_SQL, None, lo).await?;
+                    new_rows = rows.len();
+                    state.sessions.reload(rows);
+                    let exact = families(ctx, &state.sessions);
+                    if let Some(served) = served {
+                        corrections = reconcile::corrections(&served, &exact);
+                    }
+                    exact
+                }
+            };
+            tracing::debug!(full = ?full, rows = new_rows, corrections, ?mark, "mobile run");
             state.marks.record(mark);
-            if incremental.is_some() {
+            state.clock.record(now, full.is_some(), mark.modifications);
+            if full.is_none() {
                 self.incremental_runs
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             state.last_now = Some(now);
-
-            let mut share = Family::new(
-                "okr_mobile_views_ratio",
-                "Share of follow-up page sessions started in the window on a mobile device \
-                 (analytics_sessions: count(device_type = 'mobile') / count(*)).",
-            );
-            let mut views = Family::new(
-                "okr_views",
-                "Follow-up page sessions started in the window by device type \
-                 (analytics_sessions; unknown device types count as other).",
-            );
-            for (w, from) in ctx.windows.0.iter().zip(ctx.window_starts()) {
-                let counts = state
-                    .sessions
-                    .counts(from.timestamp_micros(), now.timestamp_micros());
-                let total: i64 = counts.iter().sum();
-                if let Some(r) = ratio(counts[0], total) {
-                    share.push_window(&w.label, r);
-                }
-                for (device, n) in DEVICES.iter().zip(counts) {
-                    views.push(
-                        vec![
-                            ("window", w.label.clone()),
-                            ("device_type", (*device).to_owned()),
-                        ],
-                        n as f64,
-                    );
-                }
-            }
-            Ok(vec![share, views])
+            Ok(Collected {
+                families,
+                corrections,
+            })
         })
     }
+}
+
+/// One session as the mobile definition keeps it: (started_at, id) and the
+/// device class.
+pub(crate) type SessionRow = ((i64, i64), u8);
+
+/// Reads session rows with `SQL` (parameters: the id bound, when given, and
+/// the exclusive start time).
+async fn read_rows(
+    conn: &mut PgConnection,
+    sql: &'static str,
+    above_id: Option<i64>,
+    after: PgMicros,
+) -> Result<Vec<SessionRow>, sqlx::Error> {
+    let mut query = sqlx::query(sql);
+    if let Some(id) = above_id {
+        query = query.bind(id);
+    }
+    let mut stream = query.bind(after.to_datetime()).fetch(conn);
+    let mut decoder = RowDecoder::default();
+    let mut out = Vec::new();
+    while let Some(row) = stream.try_next().await? {
+        let id: i64 = decoder.get(&row, 0)?;
+        let started_at: PgMicros = decoder.get(&row, 1)?;
+        let device: &str = decoder.get(&row, 2)?;
+        out.push(((started_at.micros(), id), device_class(device)));
+        decoder.row_done();
+    }
+    Ok(out)
+}
+
+/// The sessions started after `after` (the mobile rollup's read).
+pub(crate) async fn read_sessions(
+    conn: &mut PgConnection,
+    after: PgMicros,
+) -> Result<Sessions, sqlx::Error> {
+    Ok(Sessions::from_rows(
+        read_rows(conn, WINDOW_SQL, None, after).await?,
+    ))
+}
+
+/// `okr_mobile_views_ratio` from counts per device class (absent without
+/// any session).
+pub(crate) fn mobile_share(counts: [i64; 4]) -> Option<f64> {
+    ratio(counts[0], counts.iter().sum())
+}
+
+/// The gauge families of the windows of `ctx`.
+fn families(ctx: &CollectContext, sessions: &Sessions) -> Vec<Family> {
+    let mut share = Family::new(
+        "okr_mobile_views_ratio",
+        "Share of follow-up page sessions started in the window on a mobile device \
+         (analytics_sessions: count(device_type = 'mobile') / count(*)).",
+    );
+    let mut views = Family::new(
+        "okr_views",
+        "Follow-up page sessions started in the window by device type \
+         (analytics_sessions; unknown device types count as other).",
+    );
+    for (w, span) in ctx.windows.0.iter().zip(Span::windows(ctx)) {
+        let counts = sessions.counts(span);
+        if let Some(r) = mobile_share(counts) {
+            share.push_window(&w.label, r);
+        }
+        for (device, n) in DEVICES.iter().zip(counts) {
+            views.push(
+                vec![
+                    ("window", w.label.clone()),
+                    ("device_type", (*device).to_owned()),
+                ],
+                n as f64,
+            );
+        }
+    }
+    vec![share, views]
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn span(lo: i64, hi: i64) -> Span {
+        Span {
+            lo: PgMicros::from_micros(lo),
+            hi: PgMicros::from_micros(hi),
+        }
+    }
 
     #[test]
     fn sessions_stay_sorted_unique_and_count_by_half_open_range() {
@@ -263,21 +338,20 @@ mod tests {
         assert_eq!(s.len(), 5);
         assert!(s.keys.iter().zip(s.keys.iter().skip(1)).all(|(a, b)| a < b));
         // (5, 30]: 7 other, 10 mobile, 20 tablet, 30 mobile.
-        assert_eq!(s.counts(5, 30), [2, 1, 0, 1]);
+        assert_eq!(s.counts(span(5, 30)), [2, 1, 0, 1]);
         // (4, 10]: 5 desktop, 7 other, 10 mobile.
-        assert_eq!(s.counts(4, 10), [1, 0, 1, 1]);
-        assert_eq!(s.counts(30, 40), [0; 4]);
+        assert_eq!(s.counts(span(4, 10)), [1, 0, 1, 1]);
+        assert_eq!(s.counts(span(30, 40)), [0; 4]);
         s.evict_through(10);
         assert_eq!(s.len(), 2);
-        assert_eq!(s.counts(0, 100), [1, 1, 0, 0]);
+        assert_eq!(s.counts(span(0, 100)), [1, 1, 0, 0]);
     }
 
     #[test]
     fn merging_many_back_dated_rows_equals_inserting_them_one_by_one() {
-        let base: Vec<((i64, i64), u8)> =
-            (0..1_000).map(|i| ((i * 10, i), (i % 4) as u8)).collect();
+        let base: Vec<SessionRow> = (0..1_000).map(|i| ((i * 10, i), (i % 4) as u8)).collect();
         // 300 rows inside (some already stored), 20 after the end.
-        let mut new: Vec<((i64, i64), u8)> = (0..300)
+        let mut new: Vec<SessionRow> = (0..300)
             .map(|i| ((i * 33 + 5, 5_000 + i), ((i + 1) % 4) as u8))
             .chain((0..50).map(|i| ((i * 10, i), 3)))
             .chain((0..20).map(|i| ((20_000 + i, 9_000 + i), 0)))

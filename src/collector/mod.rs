@@ -19,6 +19,7 @@ mod inventory;
 mod mobile;
 mod next_action;
 mod pg_time;
+pub mod reconcile;
 mod rollups;
 mod snapshot;
 mod targets;
@@ -41,10 +42,13 @@ use sqlx::{PgConnection, PgPool, Postgres, Row};
 
 pub use adoption::AdoptionCollector;
 pub use creation_time::CreationTimeCollector;
+pub(crate) use drafts::DraftCounts;
 pub use drafts::DraftsCollector;
 pub use engagement::EngagementCollector;
+pub(crate) use engagement::Tally;
 pub use inventory::InventoryCollector;
 pub use mobile::MobileCollector;
+pub(crate) use mobile::mobile_share;
 pub use next_action::NextActionCollector;
 pub use rollups::{ROLLUP_LOCK_KEY, RollupCollector, rollup_start};
 pub use snapshot::{Family, Sample, SnapshotStore};
@@ -63,6 +67,8 @@ pub struct CollectContext {
     pub targets: Targets,
     /// Companies broken out in the engagement breakdown.
     pub company_top_n: usize,
+    /// How often incremental collectors recompute fully (zero: every run).
+    pub reconcile_interval: Duration,
 }
 
 impl CollectContext {
@@ -73,6 +79,7 @@ impl CollectContext {
             windows: settings.windows.clone(),
             targets: settings.targets.clone(),
             company_top_n: settings.company_top_n,
+            reconcile_interval: settings.reconcile_interval,
         }
     }
 
@@ -100,6 +107,25 @@ impl CollectContext {
     }
 }
 
+/// What one collector run produced.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Collected {
+    /// The gauge families to serve.
+    pub families: Vec<Family>,
+    /// Series a reconciliation found wrong in the incremental state (and
+    /// served from the full computation instead).
+    pub corrections: u64,
+}
+
+impl From<Vec<Family>> for Collected {
+    fn from(families: Vec<Family>) -> Self {
+        Self {
+            families,
+            corrections: 0,
+        }
+    }
+}
+
 /// One OKR family's collector.
 pub trait OkrCollector: Send + Sync + 'static {
     /// The `collector` label value and configuration key.
@@ -116,13 +142,19 @@ pub trait OkrCollector: Send + Sync + 'static {
         false
     }
 
+    /// Whether the collector keeps incremental state that reconciliation
+    /// verifies (it then reports [`Collected::corrections`]).
+    fn reconciles(&self) -> bool {
+        false
+    }
+
     /// Runs the collector's queries on `conn` (inside a transaction whose
     /// statement timeout is already set) and returns its gauge families.
     fn collect<'a>(
         &'a self,
         conn: &'a mut PgConnection,
         ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>>;
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>>;
 }
 
 /// Every collector, in the order they are listed on `/metrics`.
@@ -163,6 +195,8 @@ pub struct CollectorMetrics {
     pub interval: MetricFamily<CollectorLabel, Gauge<f64, AtomicU64>>,
     /// Age after which a collector's last good values are dropped.
     pub max_staleness: MetricFamily<CollectorLabel, Gauge<f64, AtomicU64>>,
+    /// Series a reconciliation corrected in an incremental collector's state.
+    pub corrections: MetricFamily<CollectorLabel, Counter>,
 }
 
 impl CollectorMetrics {
@@ -198,6 +232,12 @@ impl CollectorMetrics {
             "okr_exporter_max_staleness_seconds",
             "Age in seconds after which the collector's last good values are dropped from /metrics.",
             m.max_staleness.clone(),
+        );
+        registry.register(
+            "okr_exporter_reconcile_corrections",
+            "Series an incremental collector had wrong and a full recomputation corrected \
+             (rows the incremental reads cannot see: low ids, updates, deletes).",
+            m.corrections.clone(),
         );
         registry.register(
             "okr_exporter_up",
@@ -276,6 +316,13 @@ impl Scheduler {
         };
         for c in &me.collectors {
             let label = CollectorMetrics::label(c.name());
+            // Counters exist at 0 from the start, so rates and "no errors"
+            // read 0 rather than no data.
+            let _ = me.metrics.runs.get_or_create(&label);
+            let _ = me.metrics.errors.get_or_create(&label);
+            if c.reconciles() {
+                let _ = me.metrics.corrections.get_or_create(&label);
+            }
             me.metrics
                 .interval
                 .get_or_create(&label)
@@ -443,8 +490,22 @@ impl Scheduler {
             .get_or_create(&label)
             .set(started.elapsed().as_secs_f64());
         match result {
-            Ok(families) => {
+            Ok(Collected {
+                families,
+                corrections,
+            }) => {
                 let n = families.len();
+                if corrections > 0 {
+                    self.metrics
+                        .corrections
+                        .get_or_create(&label)
+                        .inc_by(corrections);
+                    tracing::warn!(
+                        collector = c.name(),
+                        series = corrections,
+                        "reconciliation corrected incremental state"
+                    );
+                }
                 self.metrics.up.set(1);
                 self.metrics
                     .last_success
@@ -473,7 +534,7 @@ async fn collect_in_tx(
     pool: &PgPool,
     ctx: &CollectContext,
     timeout: Duration,
-) -> Result<Vec<Family>, CollectError> {
+) -> Result<Collected, CollectError> {
     let mut conn = pool.acquire().await.map_err(CollectError::from_sqlx)?;
     // Readers see one snapshot across their statements; the rollup writer
     // reads committed rows after taking its lock, so it never trips over a

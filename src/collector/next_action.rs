@@ -4,7 +4,7 @@
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::{CollectContext, Family, OkrCollector};
+use super::{CollectContext, Collected, Family, OkrCollector};
 
 // Index-only range scan of okr_next_actions_action_at_idx per window. The
 // mean is taken over float8 seconds (date_part): extract() yields numeric,
@@ -34,7 +34,7 @@ impl OkrCollector for NextActionCollector {
         &'a self,
         conn: &'a mut PgConnection,
         ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
             let (labels, secs) = ctx.window_params();
             let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(SQL)
@@ -58,7 +58,7 @@ impl OkrCollector for NextActionCollector {
                     avg.push_window(&window, m);
                 }
             }
-            Ok(vec![avg, count])
+            Ok(vec![avg, count].into())
         })
     }
 }

@@ -2,33 +2,33 @@
 //! `okr_mobile_usage`), so OKR history outlives Prometheus retention and
 //! feeds the report.
 //!
-//! Every run recomputes the UTC days covered by the longest window (late
-//! rows and deletions are picked up) and upserts them, so a rerun changes
-//! nothing. With several exporter replicas on one database, a transaction
-//! advisory lock lets one replica write at a time; the others skip the run.
+//! A day is counted by the same definition as the live gauges — drafts'
+//! [`counts`](super::drafts::counts), engagement's
+//! [`Tallies`](super::engagement::Tallies) and mobile's
+//! [`Sessions::counts`](super::mobile::Sessions::counts) — over the UTC day
+//! `[d, d + 1)` instead of a rolling window. Every run recomputes the days
+//! covered by the longest window (late rows, updates and deletions are
+//! picked up) and upserts them, so a rerun changes nothing; a day left
+//! without rows is deleted. With several exporter replicas on one database,
+//! a transaction advisory lock lets one replica write at a time; the others
+//! skip the run.
 
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::{CollectContext, Family, OkrCollector};
+use super::pg_time::Span;
+use super::{CollectContext, Collected, OkrCollector, drafts, engagement, mobile};
 
 /// Key of the advisory lock taken by the replica that writes rollups.
 pub const ROLLUP_LOCK_KEY: i64 = 0x6f6b_725f_726f_6c6c; // "okr_roll"
 
 const DRAFTS_SQL: &str = "
 INSERT INTO okr_draft_completions AS r (day, created, published, deleted, open, updated_at)
-SELECT (f.created_at AT TIME ZONE 'UTC')::date,
-       count(*),
-       count(*) FILTER (WHERE f.published_at IS NOT NULL),
-       count(*) FILTER (WHERE f.published_at IS NULL AND f.deleted_at IS NOT NULL),
-       count(*) FILTER (WHERE f.published_at IS NULL AND f.deleted_at IS NULL),
-       now()
-FROM followups f
-WHERE f.created_at >= $1 AND f.created_at <= $2
-GROUP BY 1
+SELECT d.*, now()
+FROM unnest($1::date[], $2::int8[], $3::int8[], $4::int8[], $5::int8[]) AS d
 ON CONFLICT (day) DO UPDATE SET
     created = EXCLUDED.created, published = EXCLUDED.published,
     deleted = EXCLUDED.deleted, open = EXCLUDED.open, updated_at = EXCLUDED.updated_at
@@ -36,23 +36,9 @@ WHERE (r.created, r.published, r.deleted, r.open)
    IS DISTINCT FROM (EXCLUDED.created, EXCLUDED.published, EXCLUDED.deleted, EXCLUDED.open)";
 
 const ENGAGEMENT_SQL: &str = "
-WITH f AS MATERIALIZED (
-    SELECT id, published_at FROM followups
-    WHERE published_at >= $1 AND published_at <= $2
-), v AS (
-    SELECT s.followup_id, count(DISTINCT s.visitor_id) AS visitors
-    FROM analytics_sessions s
-    WHERE s.followup_id IN (SELECT id FROM f) AND s.started_at <= $2
-    GROUP BY s.followup_id
-)
 INSERT INTO okr_engagement AS r (day, followups, unique_visitors, engaged_followups, updated_at)
-SELECT (f.published_at AT TIME ZONE 'UTC')::date,
-       count(*),
-       coalesce(sum(v.visitors), 0)::int8,
-       count(*) FILTER (WHERE v.visitors > 0),
-       now()
-FROM f LEFT JOIN v ON v.followup_id = f.id
-GROUP BY 1
+SELECT d.*, now()
+FROM unnest($1::date[], $2::int8[], $3::int8[], $4::int8[]) AS d
 ON CONFLICT (day) DO UPDATE SET
     followups = EXCLUDED.followups, unique_visitors = EXCLUDED.unique_visitors,
     engaged_followups = EXCLUDED.engaged_followups, updated_at = EXCLUDED.updated_at
@@ -61,32 +47,17 @@ WHERE (r.followups, r.unique_visitors, r.engaged_followups)
 
 const MOBILE_SQL: &str = "
 INSERT INTO okr_mobile_usage AS r (day, sessions, mobile, tablet, desktop, other, updated_at)
-SELECT (s.started_at AT TIME ZONE 'UTC')::date,
-       count(*),
-       count(*) FILTER (WHERE s.device_type = 'mobile'),
-       count(*) FILTER (WHERE s.device_type = 'tablet'),
-       count(*) FILTER (WHERE s.device_type = 'desktop'),
-       count(*) FILTER (WHERE s.device_type NOT IN ('mobile', 'tablet', 'desktop')),
-       now()
-FROM analytics_sessions s
-WHERE s.started_at >= $1 AND s.started_at <= $2
-GROUP BY 1
+SELECT d.*, now()
+FROM unnest($1::date[], $2::int8[], $3::int8[], $4::int8[], $5::int8[], $6::int8[]) AS d
 ON CONFLICT (day) DO UPDATE SET
     sessions = EXCLUDED.sessions, mobile = EXCLUDED.mobile, tablet = EXCLUDED.tablet,
     desktop = EXCLUDED.desktop, other = EXCLUDED.other, updated_at = EXCLUDED.updated_at
 WHERE (r.sessions, r.mobile, r.tablet, r.desktop, r.other)
    IS DISTINCT FROM (EXCLUDED.sessions, EXCLUDED.mobile, EXCLUDED.tablet, EXCLUDED.desktop, EXCLUDED.other)";
 
-/// Deletes recomputed days whose source rows are all gone, so a rollup
-/// never keeps a stale day.
-fn prune_sql(table: &str, source: &str, column: &str) -> String {
-    format!(
-        "DELETE FROM {table} r WHERE r.day >= ($1 AT TIME ZONE 'UTC')::date \
-         AND NOT EXISTS (SELECT 1 FROM {source} s \
-             WHERE s.{column} >= r.day::timestamp AT TIME ZONE 'UTC' \
-               AND s.{column} < (r.day + 1)::timestamp AT TIME ZONE 'UTC' \
-               AND s.{column} <= $2)"
-    )
+/// Deletes the recomputed days of `table` that have no rows any more.
+fn prune_sql(table: &str) -> String {
+    format!("DELETE FROM {table} WHERE day >= $1 AND day <= $2 AND NOT (day = ANY($3::date[]))")
 }
 
 /// Maintains the daily rollup tables; exports no gauges of its own.
@@ -101,6 +72,54 @@ pub fn rollup_start(now: DateTime<Utc>, span: Duration) -> DateTime<Utc> {
         .date_naive()
         .and_hms_opt(0, 0, 0)
         .map_or(start, |d| d.and_utc())
+}
+
+/// Days with at least one row, as one array per column.
+#[derive(Debug)]
+struct Columns<const N: usize> {
+    days: Vec<NaiveDate>,
+    values: [Vec<i64>; N],
+}
+
+impl<const N: usize> Default for Columns<N> {
+    fn default() -> Self {
+        Self {
+            days: Vec::new(),
+            values: std::array::from_fn(|_| Vec::new()),
+        }
+    }
+}
+
+impl<const N: usize> Columns<N> {
+    fn push(&mut self, day: NaiveDate, row: [i64; N]) {
+        self.days.push(day);
+        for (column, v) in self.values.iter_mut().zip(row) {
+            column.push(v);
+        }
+    }
+
+    /// Upserts the days into `table` with `upsert` and deletes the other
+    /// days of `first..=last`.
+    async fn write(
+        &self,
+        conn: &mut PgConnection,
+        upsert: &'static str,
+        table: &str,
+        (first, last): (NaiveDate, NaiveDate),
+    ) -> Result<(), sqlx::Error> {
+        let mut query = sqlx::query(upsert).bind(&self.days);
+        for column in &self.values {
+            query = query.bind(column);
+        }
+        query.execute(&mut *conn).await?;
+        sqlx::query(sqlx::AssertSqlSafe(prune_sql(table)))
+            .bind(first)
+            .bind(last)
+            .bind(&self.days)
+            .execute(&mut *conn)
+            .await?;
+        Ok(())
+    }
 }
 
 impl OkrCollector for RollupCollector {
@@ -120,7 +139,7 @@ impl OkrCollector for RollupCollector {
         &'a self,
         conn: &'a mut PgConnection,
         ctx: &'a CollectContext,
-    ) -> BoxFuture<'a, Result<Vec<Family>, sqlx::Error>> {
+    ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
             let (locked,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_xact_lock($1)")
                 .bind(ROLLUP_LOCK_KEY)
@@ -128,35 +147,49 @@ impl OkrCollector for RollupCollector {
                 .await?;
             if !locked {
                 tracing::debug!("another replica is writing rollups; skipping this run");
-                return Ok(Vec::new());
+                return Ok(Collected::default());
             }
-            let start = rollup_start(ctx.now, ctx.windows.longest());
-            for (upsert, prune) in [
-                (
-                    DRAFTS_SQL,
-                    prune_sql("okr_draft_completions", "followups", "created_at"),
-                ),
-                (
-                    ENGAGEMENT_SQL,
-                    prune_sql("okr_engagement", "followups", "published_at"),
-                ),
-                (
-                    MOBILE_SQL,
-                    prune_sql("okr_mobile_usage", "analytics_sessions", "started_at"),
-                ),
-            ] {
-                sqlx::query(upsert)
-                    .bind(start)
-                    .bind(ctx.now)
-                    .execute(&mut *conn)
-                    .await?;
-                sqlx::query(sqlx::AssertSqlSafe(prune))
-                    .bind(start)
-                    .bind(ctx.now)
-                    .execute(&mut *conn)
-                    .await?;
+            let first = rollup_start(ctx.now, ctx.windows.longest()).date_naive();
+            let days = Span::days(first, ctx.now);
+            let spans: Vec<Span> = days.iter().map(|(_, s)| *s).collect();
+            let Some(all) = Span::cover(&spans) else {
+                return Ok(Collected::default());
+            };
+            let range = (first, ctx.now.date_naive());
+
+            let mut rows = Columns::<4>::default();
+            for ((day, _), c) in days.iter().zip(drafts::counts(&mut *conn, &spans).await?) {
+                if c.created > 0 {
+                    rows.push(*day, [c.created, c.published, c.deleted, c.open()]);
+                }
             }
-            Ok(Vec::new())
+            rows.write(&mut *conn, DRAFTS_SQL, "okr_draft_completions", range)
+                .await?;
+
+            let f = engagement::read_published(&mut *conn, all).await?;
+            let visitors = engagement::read_visitors(&mut *conn, &f.ids(), ctx.now).await?;
+            let tallies = engagement::Tallies::count(&f, &visitors, &spans);
+            let mut rows = Columns::<3>::default();
+            for ((day, _), t) in days.iter().zip(&tallies.totals) {
+                if t.followups > 0 {
+                    rows.push(*day, [t.followups, t.visitors, t.engaged]);
+                }
+            }
+            rows.write(&mut *conn, ENGAGEMENT_SQL, "okr_engagement", range)
+                .await?;
+
+            let sessions = mobile::read_sessions(&mut *conn, all.lo).await?;
+            let mut rows = Columns::<5>::default();
+            for (day, span) in &days {
+                let c = sessions.counts(*span);
+                let total: i64 = c.iter().sum();
+                if total > 0 {
+                    rows.push(*day, [total, c[0], c[1], c[2], c[3]]);
+                }
+            }
+            rows.write(&mut *conn, MOBILE_SQL, "okr_mobile_usage", range)
+                .await?;
+            Ok(Collected::default())
         })
     }
 }

@@ -12,10 +12,13 @@
 //! so they exceed run j's largest visible id `M_j`. For the latest run j
 //! with `xmax_j ≤ xmin_k`, every row new since run k has `id > M_j`.
 //!
-//! Assumptions, documented for operators: sessions are append-only (never
-//! updated or deleted), and their ids come from the table's sequence when
-//! the row is inserted. When no earlier run gives a bound (first run, a
-//! transaction open across many runs) the caller recomputes everything.
+//! Assumptions: sessions are append-only (never updated or deleted), and
+//! their ids come from the table's sequence, one at a time, when the row is
+//! inserted. The data contract promises neither, so the callers never trust
+//! the result for long: [`reconcile`](super::reconcile) recomputes fully
+//! every `--reconcile-interval` and counts what the incremental state had
+//! wrong. When no earlier run gives a bound (first run, a transaction open
+//! across many runs) the caller recomputes everything.
 
 use std::collections::VecDeque;
 
@@ -33,19 +36,31 @@ pub struct RunMark {
     pub xmax: i64,
     /// Largest session id visible in the snapshot.
     pub max_id: i64,
+    /// Sessions updated or deleted since the statistics were reset, as the
+    /// statistics views of this server count them (`None` when unreadable).
+    /// Not transactional and flushed with a delay: a hint that triggers an
+    /// early reconciliation, never a bound.
+    pub modifications: Option<i64>,
 }
 
 /// Reads the current transaction's snapshot bounds and largest visible id.
 /// Must run inside the collector's REPEATABLE READ transaction.
 pub async fn current_mark(conn: &mut PgConnection) -> Result<RunMark, sqlx::Error> {
-    let (xmin, xmax, max_id): (i64, i64, i64) = sqlx::query_as(
+    let (xmin, xmax, max_id, modifications): (i64, i64, i64, Option<i64>) = sqlx::query_as(
         "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::int8,
                 pg_snapshot_xmax(pg_current_snapshot())::text::int8,
-                (SELECT coalesce(max(id), 0) FROM analytics_sessions)",
+                (SELECT coalesce(max(id), 0) FROM analytics_sessions),
+                (SELECT n_tup_upd + n_tup_del FROM pg_stat_user_tables
+                 WHERE relid = 'analytics_sessions'::regclass)",
     )
     .fetch_one(conn)
     .await?;
-    Ok(RunMark { xmin, xmax, max_id })
+    Ok(RunMark {
+        xmin,
+        xmax,
+        max_id,
+        modifications,
+    })
 }
 
 /// The marks of a collector's earlier successful runs.
@@ -80,7 +95,12 @@ mod tests {
     use super::*;
 
     fn mark(xmin: i64, xmax: i64, max_id: i64) -> RunMark {
-        RunMark { xmin, xmax, max_id }
+        RunMark {
+            xmin,
+            xmax,
+            max_id,
+            modifications: None,
+        }
     }
 
     #[test]

@@ -620,7 +620,8 @@ async fn collect_all(pool: &PgPool, ctx: &CollectContext) -> Vec<Family> {
         out.extend(
             c.collect(&mut conn, ctx)
                 .await
-                .unwrap_or_else(|e| panic!("{}: {e}", c.name())),
+                .unwrap_or_else(|e| panic!("{}: {e}", c.name()))
+                .families,
         );
     }
     out
@@ -832,10 +833,16 @@ async fn stale_values_are_dropped() {
     exporter.scheduler.run_all_once(Utc::now()).await;
     let (_, before) = exporter.get("/metrics").await;
     assert!(before.contains("okr_drafts{"), "{before}");
-    sqlx::raw_sql("ALTER TABLE followups RENAME TO followups_gone; ALTER TABLE analytics_sessions RENAME TO sessions_gone; ALTER TABLE okr_creation_time RENAME TO ct_gone; ALTER TABLE okr_next_actions RENAME TO na_gone;")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    // One statement (one transaction, one lock) at a time: renaming them
+    // all in one transaction could deadlock with a running collector.
+    for sql in [
+        "ALTER TABLE followups RENAME TO followups_gone",
+        "ALTER TABLE analytics_sessions RENAME TO sessions_gone",
+        "ALTER TABLE okr_creation_time RENAME TO ct_gone",
+        "ALTER TABLE okr_next_actions RENAME TO na_gone",
+    ] {
+        sqlx::query(sql).execute(&db.pool).await.unwrap();
+    }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (_, after) = exporter.get("/metrics").await;
     assert!(

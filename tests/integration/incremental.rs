@@ -1,6 +1,10 @@
 //! The incremental collectors equal a full recomputation on random data,
 //! including rows committed out of id order, late rows with old timestamps,
-//! sessions dated in the future, and follow-ups published after the fact.
+//! sessions dated in the future, and follow-ups published after the fact;
+//! and when changes the incremental reads cannot see happen (sessions
+//! inserted with low ids, updated, deleted; follow-ups hard-deleted), the
+//! served values equal the full recomputation again by the next
+//! reconciliation, which comes within `--reconcile-interval`.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,14 +37,18 @@ fn flatten(families: Vec<Family>) -> Series {
     m
 }
 
-async fn collect(c: &dyn OkrCollector, conn: &mut PgConnection, ctx: &CollectContext) -> Series {
+async fn collect(
+    c: &dyn OkrCollector,
+    conn: &mut PgConnection,
+    ctx: &CollectContext,
+) -> (Series, u64) {
     sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *conn)
         .await
         .unwrap();
     let out = c.collect(conn, ctx).await.unwrap();
     sqlx::query("COMMIT").execute(&mut *conn).await.unwrap();
-    flatten(out)
+    (flatten(out.families), out.corrections)
 }
 
 fn assert_close(a: &Series, b: &Series, what: &str) {
@@ -88,6 +96,86 @@ async fn insert_sessions(
     }
 }
 
+/// Changes the incremental reads cannot see; returns what was done.
+async fn hidden_change(
+    conn: &mut PgConnection,
+    rng: &mut StdRng,
+    ids: &mut Vec<Uuid>,
+    now: DateTime<Utc>,
+    low_id: &mut i64,
+) -> &'static str {
+    match rng.random_range(0..5) {
+        0 => {
+            // Privacy erasure: every session of one visitor.
+            sqlx::query("DELETE FROM analytics_sessions WHERE visitor_id = $1")
+                .bind(format!("v{}", rng.random_range(0..25)))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            "erasure"
+        }
+        1 => {
+            // A device classification fixed in place.
+            sqlx::query(
+                "UPDATE analytics_sessions SET device_type = $1
+                 WHERE id = (SELECT id FROM analytics_sessions ORDER BY random() LIMIT 1)",
+            )
+            .bind(DEVICES[rng.random_range(0..DEVICES.len())])
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            "device update"
+        }
+        2 => {
+            // Sessions with ids below every id read so far (an import, a
+            // cached sequence), some started days ago.
+            for _ in 0..rng.random_range(1..4) {
+                *low_id += 1;
+                sqlx::query(
+                    "INSERT INTO analytics_sessions (id, followup_id, visitor_id, device_type, started_at)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(*low_id)
+                .bind(ids[rng.random_range(0..ids.len())])
+                .bind(format!("v{}", rng.random_range(0..40)))
+                .bind(DEVICES[rng.random_range(0..DEVICES.len())])
+                .bind(now - Duration::minutes(rng.random_range(0..5 * 24 * 60)))
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            }
+            "low ids"
+        }
+        3 => {
+            // A session moved to another visitor.
+            sqlx::query(
+                "UPDATE analytics_sessions SET visitor_id = $1
+                 WHERE id = (SELECT id FROM analytics_sessions ORDER BY random() LIMIT 1)",
+            )
+            .bind(format!("w{}", rng.random_range(0..5)))
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+            "visitor update"
+        }
+        _ => {
+            // A published follow-up hard-deleted with its sessions.
+            let victim = ids.swap_remove(rng.random_range(0..ids.len()));
+            sqlx::query("DELETE FROM analytics_sessions WHERE followup_id = $1")
+                .bind(victim)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            sqlx::query("DELETE FROM followups WHERE id = $1")
+                .bind(victim)
+                .execute(&mut *conn)
+                .await
+                .unwrap();
+            "hard delete"
+        }
+    }
+}
+
 #[tokio::test]
 async fn incremental_collectors_equal_full_recomputation() {
     let db = prepared_db().await;
@@ -95,17 +183,30 @@ async fn incremental_collectors_equal_full_recomputation() {
     let mut main = PgConnection::connect(&db.url).await.unwrap();
     let mut writer = PgConnection::connect(&db.url).await.unwrap();
     let mut slow = PgConnection::connect(&db.url).await.unwrap();
+    // Ids 1..1_000_000 stay free for rows inserted "below the watermark".
+    sqlx::query("ALTER SEQUENCE analytics_sessions_id_seq RESTART WITH 1000000")
+        .execute(&mut writer)
+        .await
+        .unwrap();
+    let mut low_id = 0_i64;
+    let reconcile = Duration::hours(2);
     let mut settings = Settings::for_database(None);
     settings.windows = parse_windows("1h,1d,7d,30d").unwrap();
     settings.company_top_n = 3;
+    settings.reconcile_interval = reconcile.to_std().unwrap();
 
     let engagement = EngagementCollector::default();
     let mobile = MobileCollector::default();
     let mut ids: Vec<Uuid> = Vec::new();
     let mut now = Utc.with_ymd_and_hms(2026, 3, 1, 9, 0, 0).unwrap();
     let mut slow_open = false;
+    // Per collector: a hidden change since its last full run; when that was.
+    let mut dirty = [false; 2];
+    let mut last_full: [Option<DateTime<Utc>>; 2] = [None; 2];
+    let mut corrections = [0_u64; 2];
+    let mut verified_dirty = [0; 2];
 
-    for round in 0..30 {
+    for round in 0..60 {
         now += Duration::minutes(rng.random_range(1..90));
         // New follow-ups, some published now, some drafts, some published in the future.
         for _ in 0..rng.random_range(1..6) {
@@ -152,31 +253,73 @@ async fn incremental_collectors_equal_full_recomputation() {
             sqlx::query("COMMIT").execute(&mut slow).await.unwrap();
             slow_open = false;
         }
+        // Changes the watermark cannot see, in a third of the rounds.
+        let hidden = if !slow_open && round % 3 == 2 && ids.len() > 2 {
+            Some(hidden_change(&mut writer, &mut rng, &mut ids, now, &mut low_id).await)
+        } else {
+            None
+        };
+        if hidden.is_some() {
+            dirty = [true; 2];
+        }
 
         let ctx = CollectContext::new(now, &settings);
-        for (inc, name) in [
+        for (k, (inc, name)) in [
             (&engagement as &dyn OkrCollector, "engagement"),
             (&mobile, "mobile"),
-        ] {
-            let incremental = collect(inc, &mut main, &ctx).await;
-            let full = if name == "engagement" {
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let before = if k == 0 {
+                engagement.incremental_runs()
+            } else {
+                mobile.incremental_runs()
+            };
+            let (served, corrected) = collect(inc, &mut main, &ctx).await;
+            let after = if k == 0 {
+                engagement.incremental_runs()
+            } else {
+                mobile.incremental_runs()
+            };
+            let (full, _) = if k == 0 {
                 collect(&EngagementCollector::default(), &mut main, &ctx).await
             } else {
                 collect(&MobileCollector::default(), &mut main, &ctx).await
             };
-            assert_close(&incremental, &full, &format!("round {round} {name}"));
+            let what = format!("round {round} {name} (hidden change: {hidden:?})");
+            if after == before {
+                // A full run (reconciliation): exact whatever happened.
+                assert_close(&served, &full, &what);
+                if dirty[k] {
+                    verified_dirty[k] += 1;
+                }
+                dirty[k] = false;
+                last_full[k] = Some(now);
+                corrections[k] += corrected;
+            } else {
+                // Incremental: exact unless a hidden change is pending, and
+                // never more than the reconcile interval after a full run.
+                assert_eq!(corrected, 0, "{what}");
+                let since = last_full[k].map(|t| now - t);
+                assert!(
+                    since.is_some_and(|d| d < reconcile),
+                    "{what}: incremental run {since:?} after the last full one"
+                );
+                if !dirty[k] {
+                    assert_close(&served, &full, &what);
+                }
+            }
         }
     }
-    // Most runs took the incremental path (the others had a transaction
-    // open across runs, or no earlier run to start from).
-    assert!(
-        engagement.incremental_runs() >= 15,
-        "{}",
-        engagement.incremental_runs()
-    );
-    assert!(
-        mobile.incremental_runs() >= 15,
-        "{}",
-        mobile.incremental_runs()
-    );
+    // Most runs took the incremental path; reconciliations found and
+    // corrected what the hidden changes did.
+    for (k, inc) in [engagement.incremental_runs(), mobile.incremental_runs()]
+        .into_iter()
+        .enumerate()
+    {
+        assert!(inc >= 20, "collector {k}: {inc} incremental runs");
+        assert!(verified_dirty[k] >= 3, "collector {k}: {verified_dirty:?}");
+        assert!(corrections[k] > 0, "collector {k}: {corrections:?}");
+    }
 }

@@ -3,6 +3,7 @@
 mod alerting_e2e;
 mod alerting_rules;
 mod api;
+mod check;
 mod collector;
 mod dashboards;
 mod demo;
