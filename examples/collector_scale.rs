@@ -102,6 +102,19 @@ fn arg(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// This process's peak resident set (VmHWM), KiB; 0 where unknown.
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
@@ -268,10 +281,34 @@ async fn main() -> anyhow::Result<()> {
     }
     steady.sort();
     let median = steady[steady.len() / 2];
+    let rss_steady = peak_rss_kib();
+    // Reconciliation: the same cycle when --reconcile-interval has passed
+    // (each run 5 minutes of `now` after the previous one), where engagement
+    // and mobile also recompute fully and compare with their state.
+    let mut reconcile = Vec::new();
+    let base = Utc::now();
+    for k in 1..=steady_runs.clamp(1, 9) {
+        let now = base
+            + chrono::Duration::from_std(okr_exporter::config::DEFAULT_RECONCILE_INTERVAL)?
+                * i32::try_from(k)?;
+        let t = Instant::now();
+        scheduler.run_concurrently(&per_interval, now).await;
+        let took = t.elapsed();
+        println!("collector, indexed, reconciliation cycle: {}", ms(took));
+        reconcile.push(took);
+    }
+    reconcile.sort();
+    let reconcile_median = reconcile[reconcile.len() / 2];
+    let rss_reconcile = peak_rss_kib();
     // Per collector, one at a time, warm state.
+    // One minute after the last reconciliation: the incremental path.
+    let after = base
+        + chrono::Duration::from_std(okr_exporter::config::DEFAULT_RECONCILE_INTERVAL)?
+            * i32::try_from(reconcile.len())?
+        + chrono::Duration::minutes(1);
     for c in scheduler.collectors() {
         let t = Instant::now();
-        let _ = scheduler.run_one(c.as_ref(), Utc::now()).await;
+        let _ = scheduler.run_one(c.as_ref(), after).await;
         println!("  {:<14} {}", c.name(), ms(t.elapsed()));
     }
     // Plans of one steady cycle, through auto_explain (embedded server only).
@@ -299,12 +336,17 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", String::from_utf8_lossy(&text[start..]));
     }
     println!(
-        "summary n={n}: naive {} | unindexed {} | indexed cold {} | per-interval steady (median of {steady_runs}) {} | naive/steady = {:.1}x",
+        "summary n={n}: naive {} | unindexed {} | indexed cold {} | per-interval steady (median of {steady_runs}) {} | reconciliation cycle (median of {}) {} | naive/steady = {:.1}x | peak RSS after steady {} MiB, after reconciliation {} MiB, at end {} MiB",
         ms(naive),
         ms(unindexed),
         ms(cold),
         ms(median),
-        naive.as_secs_f64() / median.as_secs_f64()
+        reconcile.len(),
+        ms(reconcile_median),
+        naive.as_secs_f64() / median.as_secs_f64(),
+        rss_steady / 1024,
+        rss_reconcile / 1024,
+        peak_rss_kib() / 1024,
     );
     Ok(())
 }

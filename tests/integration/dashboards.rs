@@ -51,6 +51,8 @@ const CATALOGUE: &[&str] = &[
     "okr_exporter_collection_duration_seconds",
     "okr_exporter_collections_total",
     "okr_exporter_collection_errors_total",
+    // Series the reconciliation of the incremental collectors corrected (DESIGN §7).
+    "okr_exporter_reconcile_corrections_total",
     "okr_exporter_last_success_timestamp_seconds",
     "okr_exporter_up",
     "okr_exporter_build_info",
