@@ -300,6 +300,37 @@ async fn main() -> anyhow::Result<()> {
     reconcile.sort();
     let reconcile_median = reconcile[reconcile.len() / 2];
     let rss_reconcile = peak_rss_kib();
+    // --reconcile-interval 0: every cycle recomputes fully, nothing to compare.
+    let mut always = Settings::for_database(Some(
+        DatabaseUrl::parse_arg(&db_url).map_err(anyhow::Error::msg)?,
+    ));
+    always.query_timeout = Duration::from_secs(120);
+    always.reconcile_interval = Duration::ZERO;
+    let always = Exporter::new(always)?;
+    let always_collectors: Vec<_> = always
+        .scheduler()
+        .collectors()
+        .iter()
+        .filter(|c| c.default_interval().is_none())
+        .cloned()
+        .collect();
+    let mut full_every_run = Vec::new();
+    for _ in 0..steady_runs.clamp(1, 9) {
+        let t = Instant::now();
+        always
+            .scheduler()
+            .run_concurrently(&always_collectors, Utc::now())
+            .await;
+        let took = t.elapsed();
+        println!(
+            "collector, indexed, --reconcile-interval 0 cycle: {}",
+            ms(took)
+        );
+        full_every_run.push(took);
+    }
+    full_every_run.sort();
+    let full_every_run_median = full_every_run[full_every_run.len() / 2];
+    drop(always);
     // Per collector, one at a time, warm state.
     // One minute after the last reconciliation: the incremental path.
     let after = base
@@ -336,13 +367,15 @@ async fn main() -> anyhow::Result<()> {
         println!("{}", String::from_utf8_lossy(&text[start..]));
     }
     println!(
-        "summary n={n}: naive {} | unindexed {} | indexed cold {} | per-interval steady (median of {steady_runs}) {} | reconciliation cycle (median of {}) {} | naive/steady = {:.1}x | peak RSS after steady {} MiB, after reconciliation {} MiB, at end {} MiB",
+        "summary n={n}: naive {} | unindexed {} | indexed cold {} | per-interval steady (median of {steady_runs}) {} | reconciliation cycle (median of {}) {} | --reconcile-interval 0 cycle (median of {}) {} | naive/steady = {:.1}x | peak RSS after steady {} MiB, after reconciliation {} MiB, at end {} MiB",
         ms(naive),
         ms(unindexed),
         ms(cold),
         ms(median),
         reconcile.len(),
         ms(reconcile_median),
+        full_every_run.len(),
+        ms(full_every_run_median),
         naive.as_secs_f64() / median.as_secs_f64(),
         rss_steady / 1024,
         rss_reconcile / 1024,

@@ -47,6 +47,33 @@ pub enum Command {
     Check,
     /// Run everything on a private embedded PostgreSQL with generated history and live traffic.
     Demo(DemoArgs),
+    /// Write OKR history as OpenMetrics with timestamps, for
+    /// `promtool tsdb create-blocks-from openmetrics` (source tables are only read).
+    Backfill(BackfillArgs),
+}
+
+/// `backfill` options.
+#[derive(Debug, Args)]
+pub struct BackfillArgs {
+    /// First instant: a duration before now (`90d`) or an RFC 3339 time.
+    #[arg(long, default_value = "90d", value_parser = crate::backfill::TimeArg::parse)]
+    pub from: crate::backfill::TimeArg,
+    /// Last instant: a duration before now or an RFC 3339 time. Prometheus
+    /// refuses blocks that overlap its head block (the last ~2-3 hours),
+    /// hence the default.
+    #[arg(long, default_value = "3h", value_parser = crate::backfill::TimeArg::parse)]
+    pub until: crate::backfill::TimeArg,
+    /// Distance between instants (Prometheus's default lookback is 5m, so
+    /// panels draw unbroken lines).
+    #[arg(long, default_value = "5m", value_parser = parse_duration)]
+    pub step: Duration,
+    /// File to write (replaced only when the backfill succeeds) [default: standard output].
+    #[arg(long, short)]
+    pub output: Option<PathBuf>,
+    /// Label added to every series, `name=value`; repeatable (e.g. `job`,
+    /// `instance`, so backfilled series continue the live ones).
+    #[arg(long = "label", value_parser = crate::backfill::parse_label)]
+    pub labels: Vec<(String, String)>,
 }
 
 /// Options shared by all subcommands.
@@ -785,6 +812,50 @@ mod tests {
         assert!(!format!("{url} {url:?}").contains("s3cret"));
         let err = DatabaseUrl::parse_arg("mysql://u:s3cret@db/x").unwrap_err();
         assert!(!err.contains("s3cret"));
+    }
+
+    #[test]
+    fn reconcile_interval_from_flag_toml_and_default() {
+        use clap::Parser;
+        let resolve = |args: &[&str]| {
+            let mut all = vec!["okr-exporter", "check"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|c| c.common.resolve().map(|s| s.reconcile_interval))
+        };
+        assert_eq!(
+            resolve(&[]).unwrap().unwrap(),
+            Settings::for_database(None).reconcile_interval
+        );
+        assert_eq!(DEFAULT_RECONCILE_INTERVAL, Duration::from_secs(300));
+        assert_eq!(
+            resolve(&["--reconcile-interval", "0"]).unwrap().unwrap(),
+            Duration::ZERO
+        );
+        assert_eq!(
+            resolve(&["--reconcile-interval", "90s"]).unwrap().unwrap(),
+            Duration::from_secs(90)
+        );
+        assert!(resolve(&["--reconcile-interval", "soon"]).is_err());
+        let path = std::env::temp_dir().join(format!(
+            "okr-exporter-reconcile-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, "reconcile_interval = \"0s\"\n").unwrap();
+        let file = path.to_string_lossy().into_owned();
+        assert_eq!(
+            resolve(&["--config", &file]).unwrap().unwrap(),
+            Duration::ZERO
+        );
+        // The flag wins over the file.
+        assert_eq!(
+            resolve(&["--config", &file, "--reconcile-interval", "1m"])
+                .unwrap()
+                .unwrap(),
+            Duration::from_secs(60)
+        );
+        std::fs::write(&path, "reconcile_interval = \"later\"\n").unwrap();
+        assert!(resolve(&["--config", &file]).unwrap().is_err());
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! ([`embedded_pg`]).
 
 pub mod api_error;
+pub mod backfill;
 pub mod check;
 pub mod collector;
 pub mod config;

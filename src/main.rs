@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use okr_exporter::config::{Cli, Command, LogFormat};
-use okr_exporter::{check, db, demo, server};
+use okr_exporter::{backfill, check, db, demo, server};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
@@ -81,6 +81,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Demo(args) => demo::run(settings, args).await?,
+        Command::Backfill(args) => {
+            let now = chrono::Utc::now();
+            let options = backfill::BackfillOptions {
+                from: args.from.resolve(now)?,
+                until: args.until.resolve(now)?,
+                step: args.step,
+                labels: args.labels,
+            };
+            let summary = backfill::run(&settings, &options, args.output.clone()).await?;
+            if let Some(path) = &args.output {
+                eprintln!(
+                    "wrote {} samples of {} series at {} instants to {}",
+                    summary.samples,
+                    summary.series,
+                    summary.steps,
+                    path.display()
+                );
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

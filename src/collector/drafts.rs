@@ -5,7 +5,8 @@
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::pg_time::Span;
+use super::history::{HistoryContext, HistoryFamily, Membership, Slide};
+use super::pg_time::{PgMicros, Span};
 use super::{CollectContext, Collected, Family, OkrCollector, ratio};
 
 // The definition, per interval (lo, hi]: one index-only range scan of
@@ -24,6 +25,34 @@ CROSS JOIN LATERAL (
       AND f.created_at <= i.hi
 ) x
 ORDER BY i.n";
+
+// The follow-ups created in an interval with their publish and delete
+// times, for the as-of sweep (index-only on okr_followups_created_at_idx).
+const HISTORY_SQL: &str = "
+SELECT f.created_at, f.published_at, f.deleted_at FROM followups f
+WHERE f.created_at > $1 AND f.created_at <= $2
+ORDER BY f.created_at";
+
+const COMPLETION: (&str, &str) = (
+    "okr_draft_completion_ratio",
+    "Share of follow-ups created in the window that got published \
+     (followups: count(published_at set) / count(*), by created_at).",
+);
+const DRAFTS: (&str, &str) = (
+    "okr_drafts",
+    "Follow-ups created in the window by outcome: published (published_at set), \
+     deleted (else deleted_at set), open (neither).",
+);
+
+/// A follow-up's outcome: published (`published_at` set) wins over deleted
+/// (else `deleted_at` set); open is neither. As of an instant t, "set"
+/// means set to a time ≤ t.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Open = 0,
+    Published = 1,
+    Deleted = 2,
+}
 
 /// Follow-ups created in one interval, by outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -88,16 +117,8 @@ impl OkrCollector for DraftsCollector {
     ) -> BoxFuture<'a, Result<Collected, sqlx::Error>> {
         Box::pin(async move {
             let counts = counts(conn, &Span::windows(ctx)).await?;
-            let mut completion = Family::new(
-                "okr_draft_completion_ratio",
-                "Share of follow-ups created in the window that got published \
-                 (followups: count(published_at set) / count(*), by created_at).",
-            );
-            let mut drafts = Family::new(
-                "okr_drafts",
-                "Follow-ups created in the window by outcome: published (published_at set), \
-                 deleted (else deleted_at set), open (neither).",
-            );
+            let mut completion = Family::new(COMPLETION.0, COMPLETION.1);
+            let mut drafts = Family::new(DRAFTS.0, DRAFTS.1);
             for (w, c) in ctx.windows.0.iter().zip(counts) {
                 if let Some(r) = c.completion() {
                     completion.push_window(&w.label, r);
@@ -116,4 +137,92 @@ impl OkrCollector for DraftsCollector {
             Ok(vec![completion, drafts].into())
         })
     }
+}
+
+/// The draft-completion gauges at every step of `h`, as of each step: one
+/// sweep over the follow-ups created in the backfill's span, whose outcome
+/// changes when the sweep passes their publish or delete time.
+pub(crate) async fn history(
+    conn: &mut PgConnection,
+    h: &HistoryContext,
+) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+    let span = h.span();
+    let rows: Vec<(PgMicros, Option<PgMicros>, Option<PgMicros>)> = sqlx::query_as(HISTORY_SQL)
+        .bind(span.lo.to_datetime())
+        .bind(span.hi.to_datetime())
+        .fetch_all(conn)
+        .await?;
+    h.count_rows(rows.len());
+    let created: Vec<PgMicros> = rows.iter().map(|r| r.0).collect();
+    // Outcome changes in time order: publishing makes a follow-up
+    // published; deleting it first makes it deleted until then.
+    let mut changes: Vec<(PgMicros, usize, Outcome)> = Vec::new();
+    for (i, (_, published, deleted)) in rows.iter().enumerate() {
+        if let Some(p) = published {
+            changes.push((*p, i, Outcome::Published));
+        }
+        if let Some(d) = deleted
+            && published.is_none_or(|p| *d < p)
+        {
+            changes.push((*d, i, Outcome::Deleted));
+        }
+    }
+    changes.sort_unstable_by_key(|c| (c.0, c.1));
+
+    let mut completion = HistoryFamily::new(COMPLETION.0, COMPLETION.1);
+    let mut drafts = HistoryFamily::new(DRAFTS.0, DRAFTS.1);
+    let completion_ids = completion.window_series(h);
+    let outcome_ids: Vec<[usize; 3]> = h
+        .windows
+        .iter()
+        .map(|(w, _)| {
+            ["open", "published", "deleted"]
+                .map(|o| drafts.series(vec![("window", w.clone()), ("outcome", o.to_owned())]))
+        })
+        .collect();
+    let nw = h.windows.len();
+    let mut slides: Vec<Slide> = h.windows.iter().map(|(_, len)| Slide::new(*len)).collect();
+    let mut inside = Membership::new(rows.len(), nw);
+    let mut outcome = vec![Outcome::Open; rows.len()];
+    // Per window: follow-ups by outcome (open, published, deleted).
+    let mut counts = vec![[0_i64; 3]; nw];
+    let mut next_change = 0;
+    for (step, t) in h.steps.iter().enumerate() {
+        for (w, slide) in slides.iter_mut().enumerate() {
+            for i in slide.enter(&created, *t) {
+                inside.set(i, w, true);
+                counts[w][outcome[i] as usize] += 1;
+            }
+        }
+        while let Some((_, i, to)) = changes.get(next_change).copied().filter(|c| c.0 <= *t) {
+            for (w, c) in counts.iter_mut().enumerate() {
+                if inside.get(i, w) {
+                    c[outcome[i] as usize] -= 1;
+                    c[to as usize] += 1;
+                }
+            }
+            outcome[i] = to;
+            next_change += 1;
+        }
+        for (w, slide) in slides.iter_mut().enumerate() {
+            for i in slide.leave(&created, *t) {
+                inside.set(i, w, false);
+                counts[w][outcome[i] as usize] -= 1;
+            }
+            let [open, published, deleted] = counts[w];
+            let c = DraftCounts {
+                created: open + published + deleted,
+                published,
+                deleted,
+            };
+            completion.push_some(completion_ids[w], step, c.completion());
+            for (id, n) in outcome_ids[w]
+                .iter()
+                .zip([c.open(), c.published, c.deleted])
+            {
+                drafts.push(*id, step, n as f64);
+            }
+        }
+    }
+    Ok(vec![completion, drafts])
 }

@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::history::{HistoryContext, HistoryFamily, Membership, Slide};
 use super::intern::Interner;
 use super::pg_time::{PgMicros, Span};
 use super::reconcile::{self, ReconcileClock};
@@ -371,34 +372,41 @@ impl OkrCollector for EngagementCollector {
     }
 }
 
+const OVERALL: (&str, &str) = (
+    "okr_engagement_ratio",
+    "Unique prospect visitors per follow-up published in the window: sum over those \
+     follow-ups of count(distinct analytics_sessions.visitor_id) / their number.",
+);
+const ENGAGED: (&str, &str) = (
+    "okr_engaged_followups_ratio",
+    "Share of follow-ups published in the window with at least one visitor.",
+);
+const BY_MEETING: (&str, &str) = (
+    "okr_engagement_by_meeting_type_ratio",
+    "okr_engagement_ratio within each meeting type (followups.meeting_type; empty = unknown).",
+);
+const BY_REGION: (&str, &str) = (
+    "okr_engagement_by_creator_region_ratio",
+    "okr_engagement_ratio within each creator region (followups.creator_region; empty = unknown).",
+);
+const BY_COMPANY: (&str, &str) = (
+    "okr_engagement_by_company_ratio",
+    "okr_engagement_ratio for the top companies by follow-ups published in the window; \
+     the rest together as company=\"__other__\".",
+);
+const PUBLISHED: (&str, &str) = (
+    "okr_followups_published",
+    "Follow-ups published in the window (followups.published_at); the engagement denominator.",
+);
+
 /// The gauge families of the windows of `ctx` from their tallies.
 fn families(ctx: &CollectContext, f: &Published, t: &Tallies) -> Vec<Family> {
-    let mut overall = Family::new(
-        "okr_engagement_ratio",
-        "Unique prospect visitors per follow-up published in the window: sum over those \
-         follow-ups of count(distinct analytics_sessions.visitor_id) / their number.",
-    );
-    let mut engaged = Family::new(
-        "okr_engaged_followups_ratio",
-        "Share of follow-ups published in the window with at least one visitor.",
-    );
-    let mut by_meeting = Family::new(
-        "okr_engagement_by_meeting_type_ratio",
-        "okr_engagement_ratio within each meeting type (followups.meeting_type; empty = unknown).",
-    );
-    let mut by_region = Family::new(
-        "okr_engagement_by_creator_region_ratio",
-        "okr_engagement_ratio within each creator region (followups.creator_region; empty = unknown).",
-    );
-    let mut by_company = Family::new(
-        "okr_engagement_by_company_ratio",
-        "okr_engagement_ratio for the top companies by follow-ups published in the window; \
-         the rest together as company=\"__other__\".",
-    );
-    let mut published = Family::new(
-        "okr_followups_published",
-        "Follow-ups published in the window (followups.published_at); the engagement denominator.",
-    );
+    let mut overall = Family::new(OVERALL.0, OVERALL.1);
+    let mut engaged = Family::new(ENGAGED.0, ENGAGED.1);
+    let mut by_meeting = Family::new(BY_MEETING.0, BY_MEETING.1);
+    let mut by_region = Family::new(BY_REGION.0, BY_REGION.1);
+    let mut by_company = Family::new(BY_COMPANY.0, BY_COMPANY.1);
+    let mut published = Family::new(PUBLISHED.0, PUBLISHED.1);
     let dims = &f.dims;
     for (i, w) in ctx.windows.0.iter().enumerate() {
         let window = w.label.as_str();
@@ -436,23 +444,296 @@ fn push_dim(fam: &mut Family, window: &str, key: &'static str, value: String, t:
 /// into [`OTHER_COMPANY`]. Merging sums visitors and follow-ups, so the
 /// "other" ratio is exact.
 fn top_companies(mut list: Vec<(String, Tally)>, n: usize) -> Vec<(String, Tally)> {
-    list.sort_by(|a, b| {
+    let (top, other) = rank_companies(&mut list, n, |a, b| a.cmp(b));
+    let mut out: Vec<(String, Tally)> = list.drain(..top).collect();
+    if let Some(other) = other {
+        out.push((OTHER_COMPANY.to_owned(), other));
+    }
+    out
+}
+
+/// The company breakdown's definition: reorders `list` so that its first
+/// `top` entries are the `n` companies with most follow-ups (ties broken by
+/// name), in that order, and returns `top` with the rest merged (`None`
+/// when nothing is left over). Merging sums visitors and follow-ups, so the
+/// "other" ratio is exact. Selection, then a sort of the top only: the
+/// backfill ranks thousands of companies at every step.
+fn rank_companies<K>(
+    list: &mut [(K, Tally)],
+    n: usize,
+    by_name: impl Fn(&K, &K) -> std::cmp::Ordering,
+) -> (usize, Option<Tally>) {
+    let order = |a: &(K, Tally), b: &(K, Tally)| {
         b.1.followups
             .cmp(&a.1.followups)
-            .then_with(|| a.0.cmp(&b.0))
-    });
-    let rest = if list.len() > n {
-        list.split_off(n)
-    } else {
-        Vec::new()
+            .then_with(|| by_name(&a.0, &b.0))
     };
-    if !rest.is_empty() {
-        let other = rest
-            .iter()
-            .fold(Tally::default(), |acc, (_, t)| acc.merge(*t));
-        list.push((OTHER_COMPANY.to_owned(), other));
+    let top = n.min(list.len());
+    if top < list.len() && top > 0 {
+        list.select_nth_unstable_by(top - 1, order);
     }
-    list
+    list[..top].sort_unstable_by(order);
+    let rest = &list[top..];
+    let other = (!rest.is_empty()).then(|| {
+        rest.iter()
+            .fold(Tally::default(), |acc, (_, t)| acc.merge(*t))
+    });
+    (top, other)
+}
+
+// Per follow-up and visitor, the first session up to the end of the
+// backfill (index-only on okr_analytics_sessions_followup_visitor_idx).
+const FIRST_VISITS_SQL: &str = "
+SELECT s.followup_id, min(s.started_at)
+FROM analytics_sessions s
+WHERE s.followup_id = ANY($1) AND s.started_at <= $2
+GROUP BY s.followup_id, s.visitor_id";
+
+impl Tally {
+    fn remove(&mut self, visitors: i64) {
+        self.followups -= 1;
+        self.visitors -= visitors;
+        self.engaged -= i64::from(visitors > 0);
+    }
+
+    /// A follow-up inside gets a new visitor (`first`: its first one).
+    fn visit(&mut self, first: bool) {
+        self.visitors += 1;
+        self.engaged += i64::from(first);
+    }
+}
+
+/// The engagement gauges at every step of `h`, as of each step: one sweep
+/// over the follow-ups published in the backfill's span and the first
+/// session of each of their visitors, both in time order. A follow-up
+/// enters a window at its publish time with the visitors it has then; each
+/// first visit adds one to every window holding its follow-up.
+pub(crate) async fn history(
+    conn: &mut PgConnection,
+    h: &HistoryContext,
+) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+    let span = h.span();
+    let f = read_published(&mut *conn, span).await?;
+    let n = f.followups.len();
+    let index: HashMap<Uuid, u32, Fast> = f
+        .followups
+        .iter()
+        .enumerate()
+        .map(|(i, x)| (x.id, u32::try_from(i).unwrap_or(u32::MAX)))
+        .collect();
+    let ids = f.ids();
+    let mut visits: Vec<(PgMicros, u32)> = Vec::new();
+    for chunk in ids.chunks(CHUNK) {
+        let mut rows = sqlx::query(FIRST_VISITS_SQL)
+            .bind(chunk)
+            .bind(span.hi.to_datetime())
+            .fetch(&mut *conn);
+        let mut decoder = RowDecoder::default();
+        while let Some(row) = rows.try_next().await? {
+            let id: Uuid = decoder.get(&row, 0)?;
+            let first: PgMicros = decoder.get(&row, 1)?;
+            if let Some(i) = index.get(&id) {
+                visits.push((first, *i));
+            }
+            decoder.row_done();
+        }
+    }
+    h.count_rows(f.followups.len() + visits.len());
+    visits.sort_unstable();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_unstable_by_key(|i| f.followups[*i].published_at);
+    let times: Vec<PgMicros> = order.iter().map(|i| f.followups[*i].published_at).collect();
+
+    let mut fams = HistoryFamilies::new(h, &f.dims);
+    let nw = h.windows.len();
+    let dims = &f.dims;
+    let mut slides: Vec<Slide> = h.windows.iter().map(|(_, len)| Slide::new(*len)).collect();
+    let mut inside = Membership::new(n, nw);
+    let mut visitors = vec![0_i64; n];
+    let mut t = Tallies {
+        spans: nw,
+        totals: vec![Tally::default(); nw],
+        meetings: vec![Tally::default(); nw * dims.meeting.len()],
+        regions: vec![Tally::default(); nw * dims.region.len()],
+        companies: vec![Tally::default(); nw * dims.company.len()],
+    };
+    let mut next_visit = 0;
+    for (step, at) in h.steps.iter().enumerate() {
+        for (w, slide) in slides.iter_mut().enumerate() {
+            for k in slide.enter(&times, *at) {
+                let i = order[k];
+                inside.set(i, w, true);
+                t.each(&f.followups[i], w, |tally| tally.add(visitors[i]));
+            }
+        }
+        while let Some((_, i)) = visits.get(next_visit).copied().filter(|v| v.0 <= *at) {
+            let i = i as usize;
+            visitors[i] += 1;
+            for w in 0..nw {
+                if inside.get(i, w) {
+                    t.each(&f.followups[i], w, |tally| tally.visit(visitors[i] == 1));
+                }
+            }
+            next_visit += 1;
+        }
+        for (w, slide) in slides.iter_mut().enumerate() {
+            for k in slide.leave(&times, *at) {
+                let i = order[k];
+                inside.set(i, w, false);
+                t.each(&f.followups[i], w, |tally| tally.remove(visitors[i]));
+            }
+        }
+        fams.record(h, dims, &t, step);
+    }
+    Ok(fams.into_vec())
+}
+
+impl Tallies {
+    /// Applies `change` to every tally of window `w` that `f` belongs to.
+    fn each(&mut self, f: &Followup, w: usize, mut change: impl FnMut(&mut Tally)) {
+        let n = self.spans;
+        change(&mut self.totals[w]);
+        change(&mut self.meetings[f.meeting * n + w]);
+        change(&mut self.regions[f.region * n + w]);
+        change(&mut self.companies[f.company * n + w]);
+    }
+}
+
+/// The engagement families of a backfill, with their series ids.
+struct HistoryFamilies {
+    overall: HistoryFamily,
+    engaged: HistoryFamily,
+    by_meeting: HistoryFamily,
+    by_region: HistoryFamily,
+    by_company: HistoryFamily,
+    published: HistoryFamily,
+    window_ids: Vec<[usize; 3]>,
+    meeting_ids: Vec<usize>,
+    region_ids: Vec<usize>,
+    company_ids: HashMap<(usize, usize), usize>,
+    other_ids: Vec<usize>,
+    ranked: Vec<(usize, Tally)>,
+}
+
+impl HistoryFamilies {
+    fn new(h: &HistoryContext, dims: &Dims) -> Self {
+        let mut overall = HistoryFamily::new(OVERALL.0, OVERALL.1);
+        let mut engaged = HistoryFamily::new(ENGAGED.0, ENGAGED.1);
+        let mut by_meeting = HistoryFamily::new(BY_MEETING.0, BY_MEETING.1);
+        let mut by_region = HistoryFamily::new(BY_REGION.0, BY_REGION.1);
+        let mut by_company = HistoryFamily::new(BY_COMPANY.0, BY_COMPANY.1);
+        let mut published = HistoryFamily::new(PUBLISHED.0, PUBLISHED.1);
+        let window_ids = h
+            .windows
+            .iter()
+            .map(|(w, _)| {
+                let l = || vec![("window", w.clone())];
+                [
+                    overall.series(l()),
+                    engaged.series(l()),
+                    published.series(l()),
+                ]
+            })
+            .collect();
+        let dim_ids = |fam: &mut HistoryFamily, key: &'static str, names: &Interner| {
+            let mut ids = vec![0; names.len() * h.windows.len()];
+            for d in 0..names.len() {
+                for (w, (label, _)) in h.windows.iter().enumerate() {
+                    ids[d * h.windows.len() + w] = fam.series(vec![
+                        ("window", label.clone()),
+                        (key, names.name(d).to_owned()),
+                    ]);
+                }
+            }
+            ids
+        };
+        let meeting_ids = dim_ids(&mut by_meeting, "meeting_type", &dims.meeting);
+        let region_ids = dim_ids(&mut by_region, "creator_region", &dims.region);
+        let other_ids = h
+            .windows
+            .iter()
+            .map(|(w, _)| {
+                by_company.series(vec![
+                    ("window", w.clone()),
+                    ("company", OTHER_COMPANY.to_owned()),
+                ])
+            })
+            .collect();
+        Self {
+            overall,
+            engaged,
+            by_meeting,
+            by_region,
+            by_company,
+            published,
+            window_ids,
+            meeting_ids,
+            region_ids,
+            company_ids: HashMap::new(),
+            other_ids,
+            ranked: Vec::new(),
+        }
+    }
+
+    /// Records every series of step `step` from the tallies, as the live
+    /// [`families`] serves them.
+    fn record(&mut self, h: &HistoryContext, dims: &Dims, t: &Tallies, step: usize) {
+        let nw = h.windows.len();
+        for w in 0..nw {
+            let total = t.totals[w];
+            let [overall, engaged, published] = self.window_ids[w];
+            self.published.push(published, step, total.followups as f64);
+            self.overall.push_some(overall, step, total.ratio());
+            self.engaged.push_some(engaged, step, total.engaged_ratio());
+            for d in 0..dims.meeting.len() {
+                let tally = t.meetings[d * nw + w];
+                if tally.followups > 0 {
+                    self.by_meeting
+                        .push_some(self.meeting_ids[d * nw + w], step, tally.ratio());
+                }
+            }
+            for d in 0..dims.region.len() {
+                let tally = t.regions[d * nw + w];
+                if tally.followups > 0 {
+                    self.by_region
+                        .push_some(self.region_ids[d * nw + w], step, tally.ratio());
+                }
+            }
+            self.ranked.clear();
+            self.ranked.extend(
+                (0..dims.company.len())
+                    .map(|d| (d, t.companies[d * nw + w]))
+                    .filter(|(_, tally)| tally.followups > 0),
+            );
+            let (top, other) = rank_companies(&mut self.ranked, h.company_top_n, |a, b| {
+                dims.company.name(*a).cmp(dims.company.name(*b))
+            });
+            for (d, tally) in &self.ranked[..top] {
+                let id = *self.company_ids.entry((*d, w)).or_insert_with(|| {
+                    self.by_company.series(vec![
+                        ("window", h.windows[w].0.clone()),
+                        ("company", dims.company.name(*d).to_owned()),
+                    ])
+                });
+                self.by_company.push_some(id, step, tally.ratio());
+            }
+            if let Some(other) = other {
+                self.by_company
+                    .push_some(self.other_ids[w], step, other.ratio());
+            }
+        }
+    }
+
+    fn into_vec(self) -> Vec<HistoryFamily> {
+        vec![
+            self.overall,
+            self.engaged,
+            self.by_meeting,
+            self.by_region,
+            self.by_company,
+            self.published,
+        ]
+    }
 }
 
 #[cfg(test)]

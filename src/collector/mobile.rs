@@ -17,6 +17,7 @@ use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
+use super::history::{HistoryContext, HistoryFamily, Slide};
 use super::pg_time::{PgMicros, Span};
 use super::reconcile::{self, ReconcileClock};
 use super::watermark::{Watermarks, current_mark};
@@ -284,18 +285,21 @@ pub(crate) fn mobile_share(counts: [i64; 4]) -> Option<f64> {
     ratio(counts[0], counts.iter().sum())
 }
 
+const SHARE: (&str, &str) = (
+    "okr_mobile_views_ratio",
+    "Share of follow-up page sessions started in the window on a mobile device \
+     (analytics_sessions: count(device_type = 'mobile') / count(*)).",
+);
+const VIEWS: (&str, &str) = (
+    "okr_views",
+    "Follow-up page sessions started in the window by device type \
+     (analytics_sessions; unknown device types count as other).",
+);
+
 /// The gauge families of the windows of `ctx`.
 fn families(ctx: &CollectContext, sessions: &Sessions) -> Vec<Family> {
-    let mut share = Family::new(
-        "okr_mobile_views_ratio",
-        "Share of follow-up page sessions started in the window on a mobile device \
-         (analytics_sessions: count(device_type = 'mobile') / count(*)).",
-    );
-    let mut views = Family::new(
-        "okr_views",
-        "Follow-up page sessions started in the window by device type \
-         (analytics_sessions; unknown device types count as other).",
-    );
+    let mut share = Family::new(SHARE.0, SHARE.1);
+    let mut views = Family::new(VIEWS.0, VIEWS.1);
     for (w, span) in ctx.windows.0.iter().zip(Span::windows(ctx)) {
         let counts = sessions.counts(span);
         if let Some(r) = mobile_share(counts) {
@@ -312,6 +316,50 @@ fn families(ctx: &CollectContext, sessions: &Sessions) -> Vec<Family> {
         }
     }
     vec![share, views]
+}
+
+/// The mobile gauges at every step of `h`, as of each step: one sweep over
+/// the sessions of the backfill's span ordered by start time.
+pub(crate) async fn history(
+    conn: &mut PgConnection,
+    h: &HistoryContext,
+) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+    let span = h.span();
+    let mut rows = read_rows(conn, WINDOW_SQL, None, span.lo).await?;
+    h.count_rows(rows.len());
+    rows.retain(|r| r.0.0 <= span.hi.micros());
+    rows.sort_unstable_by_key(|r| r.0);
+    let times: Vec<PgMicros> = rows.iter().map(|r| PgMicros::from_micros(r.0.0)).collect();
+    let mut share = HistoryFamily::new(SHARE.0, SHARE.1);
+    let mut views = HistoryFamily::new(VIEWS.0, VIEWS.1);
+    let share_ids = share.window_series(h);
+    let view_ids: Vec<[usize; 4]> = h
+        .windows
+        .iter()
+        .map(|(w, _)| {
+            DEVICES
+                .map(|d| views.series(vec![("window", w.clone()), ("device_type", d.to_owned())]))
+        })
+        .collect();
+    let mut slides: Vec<Slide> = h.windows.iter().map(|(_, len)| Slide::new(*len)).collect();
+    let mut counts = vec![[0_i64; 4]; h.windows.len()];
+    for (step, t) in h.steps.iter().enumerate() {
+        for (w, slide) in slides.iter_mut().enumerate() {
+            let c = &mut counts[w];
+            let (added, removed) = slide.advance(&times, *t);
+            for i in added {
+                c[usize::from(rows[i].1 & 3)] += 1;
+            }
+            for i in removed {
+                c[usize::from(rows[i].1 & 3)] -= 1;
+            }
+            share.push_some(share_ids[w], step, mobile_share(*c));
+            for (id, n) in view_ids[w].iter().zip(*c) {
+                views.push(*id, step, n as f64);
+            }
+        }
+    }
+    Ok(vec![share, views])
 }
 
 #[cfg(test)]

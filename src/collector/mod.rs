@@ -14,6 +14,7 @@ mod adoption;
 mod creation_time;
 mod drafts;
 mod engagement;
+pub mod history;
 mod intern;
 mod inventory;
 mod mobile;

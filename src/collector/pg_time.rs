@@ -38,7 +38,6 @@ impl PgMicros {
     }
 
     /// The instant `micros` microseconds after 2000-01-01 UTC.
-    #[cfg(test)]
     pub(crate) fn from_micros(micros: i64) -> Self {
         Self(micros)
     }

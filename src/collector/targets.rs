@@ -10,7 +10,16 @@ use crate::config::Targets;
 
 /// Registers the `okr_target_*` and `okr_alert_floor_*` gauges.
 pub fn register_targets(registry: &mut Registry, t: &Targets) {
-    let entries: [(&str, &str, f64); 6] = [
+    for (name, help, value) in target_gauges(t) {
+        let g: Gauge<f64, AtomicU64> = Gauge::default();
+        g.set(value);
+        registry.register(name, help, g);
+    }
+}
+
+/// Name, HELP and value of every target and alert-floor gauge.
+pub(crate) fn target_gauges(t: &Targets) -> [(&'static str, &'static str, f64); 6] {
+    [
         (
             "okr_target_creation_time_p80_seconds",
             "Target for the P80 follow-up creation time, seconds (configuration).",
@@ -41,10 +50,5 @@ pub fn register_targets(registry: &mut Registry, t: &Targets) {
             "Target mean time from publish to next action, seconds (configuration).",
             t.time_to_next_action_avg_seconds,
         ),
-    ];
-    for (name, help, value) in entries {
-        let g: Gauge<f64, AtomicU64> = Gauge::default();
-        g.set(value);
-        registry.register(name, help, g);
-    }
+    ]
 }
