@@ -14,8 +14,12 @@
 //!
 //! Assumptions: sessions are append-only (never updated or deleted), and
 //! their ids come from the table's sequence, one at a time, when the row is
-//! inserted. The data contract promises neither, so the callers never trust
-//! the result for long: [`reconcile`](super::reconcile) recomputes fully
+//! inserted — and the transaction has its xid by then. PostgreSQL assigns
+//! the xid lazily, at the first row written, so an `INSERT` evaluates
+//! `nextval` a moment before: a snapshot taken in that gap misses the row
+//! (a window of microseconds, not seen in tests, but possible). The data
+//! contract promises none of this, so the callers never trust the result
+//! for long: [`reconcile`](super::reconcile) recomputes fully
 //! every `--reconcile-interval` and counts what the incremental state had
 //! wrong. When no earlier run gives a bound (first run, a transaction open
 //! across many runs) the caller recomputes everything.

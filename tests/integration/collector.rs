@@ -2,16 +2,16 @@
 //! window is compared with a second, plain-Rust computation over the same
 //! fixture rows (filters and counts, no SQL), plus a few values by hand.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use okr_exporter::collector::{self, CollectContext, Family};
-use okr_exporter::config::{Settings, Targets, parse_windows};
+use okr_exporter::config::{Settings, parse_windows};
 use sqlx::PgPool;
-use uuid::Uuid;
 
+use crate::reference::{Fixture, assert_same, expected, f, flatten, key, load, s};
 use crate::support::{prepared_db, start_exporter};
 
 fn t0() -> DateTime<Utc> {
@@ -26,59 +26,6 @@ fn d(n: i64) -> chrono::Duration {
 }
 fn h(n: i64) -> chrono::Duration {
     chrono::Duration::hours(n)
-}
-
-#[derive(Clone)]
-struct F {
-    id: Uuid,
-    creator: &'static str,
-    company: Option<&'static str>,
-    meeting: Option<&'static str>,
-    region: Option<&'static str>,
-    status: &'static str,
-    created: DateTime<Utc>,
-    published: Option<DateTime<Utc>>,
-    deleted: Option<DateTime<Utc>>,
-}
-
-struct S {
-    followup: usize,
-    visitor: &'static str,
-    device: &'static str,
-    started: DateTime<Utc>,
-}
-
-struct Fixture {
-    followups: Vec<F>,
-    sessions: Vec<S>,
-    /// (published_at, duration)
-    creation: Vec<(DateTime<Utc>, f64)>,
-    /// (followup index, published_at, action_at)
-    actions: Vec<(usize, DateTime<Utc>, DateTime<Utc>)>,
-}
-
-#[allow(clippy::too_many_arguments)]
-fn f(
-    creator: &'static str,
-    company: Option<&'static str>,
-    meeting: Option<&'static str>,
-    region: Option<&'static str>,
-    status: &'static str,
-    created: DateTime<Utc>,
-    published: Option<DateTime<Utc>>,
-    deleted: Option<DateTime<Utc>>,
-) -> F {
-    F {
-        id: Uuid::new_v4(),
-        creator,
-        company,
-        meeting,
-        region,
-        status,
-        created,
-        published,
-        deleted,
-    }
 }
 
 fn fixture() -> Fixture {
@@ -196,66 +143,16 @@ fn fixture() -> Fixture {
         ),
     ];
     let sessions = vec![
-        S {
-            followup: 0,
-            visitor: "v1",
-            device: "mobile",
-            started: n - h(1),
-        },
-        S {
-            followup: 0,
-            visitor: "v1",
-            device: "desktop",
-            started: n - h(1) + us(5),
-        },
-        S {
-            followup: 0,
-            visitor: "v2",
-            device: "tablet",
-            started: n - h(2),
-        },
-        S {
-            followup: 2,
-            visitor: "v3",
-            device: "smart-tv",
-            started: n - d(1),
-        },
-        S {
-            followup: 2,
-            visitor: "v4",
-            device: "mobile",
-            started: n + us(1),
-        },
-        S {
-            followup: 6,
-            visitor: "v5",
-            device: "mobile",
-            started: n - d(6) + h(1),
-        },
-        S {
-            followup: 6,
-            visitor: "v1",
-            device: "Mobile",
-            started: n - d(5),
-        },
-        S {
-            followup: 4,
-            visitor: "v6",
-            device: "desktop",
-            started: n - d(29) + h(1),
-        },
-        S {
-            followup: 7,
-            visitor: "v7",
-            device: "desktop",
-            started: n - d(35),
-        },
-        S {
-            followup: 8,
-            visitor: "v8",
-            device: "mobile",
-            started: n,
-        },
+        (0, "v1", "mobile", n - h(1)),
+        (0, "v1", "desktop", n - h(1) + us(5)),
+        (0, "v2", "tablet", n - h(2)),
+        (2, "v3", "smart-tv", n - d(1)),
+        (2, "v4", "mobile", n + us(1)),
+        (6, "v5", "mobile", n - d(6) + h(1)),
+        (6, "v1", "Mobile", n - d(5)),
+        (4, "v6", "desktop", n - d(29) + h(1)),
+        (7, "v7", "desktop", n - d(35)),
+        (8, "v8", "mobile", n),
     ];
     let creation = vec![
         (n - h(3), 100.0),
@@ -267,347 +164,26 @@ fn fixture() -> Fixture {
         (n - d(45), 10.0),
         (n + us(1), 5.0),
     ];
+    let sessions = sessions
+        .into_iter()
+        .map(|(i, visitor, device, started)| s(followups[i].id, visitor, device, started))
+        .collect();
     let actions = vec![
         (0, n - d(1) + us(1), n - h(5)),
         (2, n - d(2), n - d(1)),
         (6, n - d(6), n - d(1) - us(1)),
         (8, n - d(7), n),
         (7, n - d(40), n - d(31)),
-    ];
+    ]
+    .into_iter()
+    .map(|(i, published, action)| (followups[i].id, published, action))
+    .collect();
     Fixture {
         followups,
         sessions,
         creation,
         actions,
     }
-}
-
-async fn load(pool: &PgPool, fx: &Fixture) {
-    for r in &fx.followups {
-        sqlx::query(
-            "INSERT INTO followups (id, creator_id, company, meeting_type, creator_region, status, created_at, published_at, deleted_at)
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-        )
-        .bind(r.id)
-        .bind(r.creator)
-        .bind(r.company)
-        .bind(r.meeting)
-        .bind(r.region)
-        .bind(r.status)
-        .bind(r.created)
-        .bind(r.published)
-        .bind(r.deleted)
-        .execute(pool)
-        .await
-        .unwrap();
-    }
-    for s in &fx.sessions {
-        sqlx::query(
-            "INSERT INTO analytics_sessions (followup_id, visitor_id, device_type, started_at) VALUES ($1,$2,$3,$4)",
-        )
-        .bind(fx.followups[s.followup].id)
-        .bind(s.visitor)
-        .bind(s.device)
-        .bind(s.started)
-        .execute(pool)
-        .await
-        .unwrap();
-    }
-    for (published, dur) in &fx.creation {
-        sqlx::query(
-            "INSERT INTO okr_creation_time (followup_id, published_at, duration_seconds) VALUES ($1,$2,$3)",
-        )
-        .bind(Uuid::new_v4())
-        .bind(published)
-        .bind(dur)
-        .execute(pool)
-        .await
-        .unwrap();
-    }
-    for (i, published, action) in &fx.actions {
-        let secs = (*action - *published).num_microseconds().unwrap() as f64 / 1e6;
-        sqlx::query(
-            "INSERT INTO okr_next_actions (followup_id, action_at, published_at, days_to_action) VALUES ($1,$2,$3,$4)",
-        )
-        .bind(fx.followups[*i].id)
-        .bind(action)
-        .bind(published)
-        .bind(secs / 86_400.0)
-        .execute(pool)
-        .await
-        .unwrap();
-    }
-}
-
-type Key = (String, BTreeSet<(String, String)>);
-
-fn key(name: &str, labels: &[(&str, &str)]) -> Key {
-    (
-        name.to_owned(),
-        labels
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect(),
-    )
-}
-
-/// percentile_cont by its definition: linear interpolation between the
-/// sorted values at position q·(n−1).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    let pos = q * (sorted.len() - 1) as f64;
-    let lo = pos.floor() as usize;
-    let hi = pos.ceil() as usize;
-    sorted[lo] + (sorted[hi] - sorted[lo]) * (pos - lo as f64)
-}
-
-fn norm(v: Option<&str>) -> String {
-    match v {
-        None | Some("") => "unknown".to_owned(),
-        Some(s) => s.to_owned(),
-    }
-}
-
-/// The reference computation: DESIGN §4 read literally, over the fixture.
-fn expected(
-    fx: &Fixture,
-    windows: &[(&str, i64)],
-    targets: &Targets,
-    top_n: usize,
-) -> BTreeMap<Key, f64> {
-    let n = t0();
-    let mut m = BTreeMap::new();
-    let inw = |t: DateTime<Utc>, days: i64| t > n - d(days) && t <= n;
-    for &(w, days) in windows {
-        let wl = [("window", w)];
-        // creation time
-        let mut durs: Vec<f64> = fx
-            .creation
-            .iter()
-            .filter(|(p, _)| inw(*p, days))
-            .map(|(_, x)| *x)
-            .collect();
-        durs.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        m.insert(key("okr_creation_time_samples", &wl), durs.len() as f64);
-        if !durs.is_empty() {
-            for q in ["0.5", "0.8", "0.95"] {
-                m.insert(
-                    key(
-                        "okr_creation_time_seconds",
-                        &[("window", w), ("quantile", q)],
-                    ),
-                    percentile(&durs, q.parse().unwrap()),
-                );
-            }
-            let ok = durs
-                .iter()
-                .filter(|x| **x <= targets.creation_time_p80_seconds)
-                .count();
-            m.insert(
-                key("okr_creation_time_within_target_ratio", &wl),
-                ok as f64 / durs.len() as f64,
-            );
-        }
-        // drafts
-        let created: Vec<&F> = fx
-            .followups
-            .iter()
-            .filter(|r| inw(r.created, days))
-            .collect();
-        let published = created.iter().filter(|r| r.published.is_some()).count();
-        let deleted = created
-            .iter()
-            .filter(|r| r.published.is_none() && r.deleted.is_some())
-            .count();
-        let open = created.len() - published - deleted;
-        if !created.is_empty() {
-            m.insert(
-                key("okr_draft_completion_ratio", &wl),
-                published as f64 / created.len() as f64,
-            );
-        }
-        for (o, v) in [
-            ("published", published),
-            ("deleted", deleted),
-            ("open", open),
-        ] {
-            m.insert(
-                key("okr_drafts", &[("window", w), ("outcome", o)]),
-                v as f64,
-            );
-        }
-        // engagement
-        let fset: Vec<(usize, &F)> = fx
-            .followups
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.published.is_some_and(|p| inw(p, days)))
-            .collect();
-        let visitors = |i: usize| -> usize {
-            fx.sessions
-                .iter()
-                .filter(|s| s.followup == i && s.started <= n)
-                .map(|s| s.visitor)
-                .collect::<BTreeSet<_>>()
-                .len()
-        };
-        m.insert(key("okr_followups_published", &wl), fset.len() as f64);
-        if !fset.is_empty() {
-            let total: usize = fset.iter().map(|(i, _)| visitors(*i)).sum();
-            let engaged = fset.iter().filter(|(i, _)| visitors(*i) > 0).count();
-            m.insert(
-                key("okr_engagement_ratio", &wl),
-                total as f64 / fset.len() as f64,
-            );
-            m.insert(
-                key("okr_engaged_followups_ratio", &wl),
-                engaged as f64 / fset.len() as f64,
-            );
-            type Dim = fn(&F) -> String;
-            let dims: [(&str, &str, Dim); 2] = [
-                (
-                    "okr_engagement_by_meeting_type_ratio",
-                    "meeting_type",
-                    |r| norm(r.meeting),
-                ),
-                (
-                    "okr_engagement_by_creator_region_ratio",
-                    "creator_region",
-                    |r| norm(r.region),
-                ),
-            ];
-            for (name, label, dim) in dims {
-                let mut groups: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-                for (i, r) in &fset {
-                    let e = groups.entry(dim(r)).or_default();
-                    e.0 += 1;
-                    e.1 += visitors(*i);
-                }
-                for (v, (cnt, vis)) in groups {
-                    m.insert(
-                        key(name, &[("window", w), (label, &v)]),
-                        vis as f64 / cnt as f64,
-                    );
-                }
-            }
-            let mut companies: BTreeMap<String, (usize, usize)> = BTreeMap::new();
-            for (i, r) in &fset {
-                let e = companies.entry(norm(r.company)).or_default();
-                e.0 += 1;
-                e.1 += visitors(*i);
-            }
-            let mut ranked: Vec<(String, (usize, usize))> = companies.into_iter().collect();
-            ranked.sort_by(|a, b| b.1.0.cmp(&a.1.0).then(a.0.cmp(&b.0)));
-            let (mut oc, mut ov) = (0, 0);
-            for (idx, (c, (cnt, vis))) in ranked.iter().enumerate() {
-                if idx < top_n {
-                    m.insert(
-                        key(
-                            "okr_engagement_by_company_ratio",
-                            &[("window", w), ("company", c)],
-                        ),
-                        *vis as f64 / *cnt as f64,
-                    );
-                } else {
-                    oc += cnt;
-                    ov += vis;
-                }
-            }
-            if oc > 0 {
-                m.insert(
-                    key(
-                        "okr_engagement_by_company_ratio",
-                        &[("window", w), ("company", "__other__")],
-                    ),
-                    ov as f64 / oc as f64,
-                );
-            }
-        }
-        // next action
-        let acts: Vec<f64> = fx
-            .actions
-            .iter()
-            .filter(|(_, _, a)| inw(*a, days))
-            .map(|(_, p, a)| (*a - *p).num_microseconds().unwrap() as f64 / 1e6)
-            .collect();
-        m.insert(key("okr_next_actions", &wl), acts.len() as f64);
-        if !acts.is_empty() {
-            m.insert(
-                key("okr_time_to_next_action_avg_seconds", &wl),
-                acts.iter().sum::<f64>() / acts.len() as f64,
-            );
-        }
-        // mobile
-        let sess: Vec<&S> = fx
-            .sessions
-            .iter()
-            .filter(|s| inw(s.started, days))
-            .collect();
-        let count = |dev: &str| sess.iter().filter(|s| s.device == dev).count();
-        let (mo, ta, de) = (count("mobile"), count("tablet"), count("desktop"));
-        for (dev, v) in [
-            ("mobile", mo),
-            ("tablet", ta),
-            ("desktop", de),
-            ("other", sess.len() - mo - ta - de),
-        ] {
-            m.insert(
-                key("okr_views", &[("window", w), ("device_type", dev)]),
-                v as f64,
-            );
-        }
-        if !sess.is_empty() {
-            m.insert(
-                key("okr_mobile_views_ratio", &wl),
-                mo as f64 / sess.len() as f64,
-            );
-        }
-        // adoption
-        m.insert(key("okr_followups_created", &wl), created.len() as f64);
-        let active: BTreeSet<&str> = fx
-            .followups
-            .iter()
-            .filter(|r| inw(r.created, days) || r.published.is_some_and(|p| inw(p, days)))
-            .map(|r| r.creator)
-            .collect();
-        m.insert(key("okr_active_creators", &wl), active.len() as f64);
-        let mut per_creator: BTreeMap<&str, usize> = BTreeMap::new();
-        for r in &created {
-            *per_creator.entry(r.creator).or_default() += 1;
-        }
-        if !per_creator.is_empty() {
-            let rep = per_creator.values().filter(|c| **c >= 2).count();
-            m.insert(
-                key("okr_repeat_creators_ratio", &wl),
-                rep as f64 / per_creator.len() as f64,
-            );
-        }
-    }
-    for status in ["draft", "published", "deleted"] {
-        let c = fx.followups.iter().filter(|r| r.status == status).count();
-        m.insert(key("okr_followups", &[("status", status)]), c as f64);
-    }
-    m
-}
-
-fn flatten(families: &[Family]) -> BTreeMap<Key, f64> {
-    let mut m = BTreeMap::new();
-    for fam in families {
-        for s in &fam.samples {
-            let k = (
-                fam.name.to_owned(),
-                s.labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
-                    .collect(),
-            );
-            assert!(
-                m.insert(k, s.value).is_none(),
-                "duplicate series in {}",
-                fam.name
-            );
-        }
-    }
-    m
 }
 
 async fn collect_all(pool: &PgPool, ctx: &CollectContext) -> Vec<Family> {
@@ -627,28 +203,6 @@ async fn collect_all(pool: &PgPool, ctx: &CollectContext) -> Vec<Family> {
     out
 }
 
-fn assert_same(actual: &BTreeMap<Key, f64>, expected: &BTreeMap<Key, f64>) {
-    let a: BTreeSet<&Key> = actual.keys().collect();
-    let e: BTreeSet<&Key> = expected.keys().collect();
-    assert_eq!(
-        a.difference(&e).collect::<Vec<_>>(),
-        Vec::<&&Key>::new(),
-        "series that should be absent"
-    );
-    assert_eq!(
-        e.difference(&a).collect::<Vec<_>>(),
-        Vec::<&&Key>::new(),
-        "series missing"
-    );
-    for (k, ev) in expected {
-        let av = actual[k];
-        assert!(
-            (av - ev).abs() <= 1e-9 * ev.abs().max(1.0),
-            "{k:?}: got {av}, expected {ev}"
-        );
-    }
-}
-
 fn ctx_for(windows: &str, top_n: usize) -> CollectContext {
     let mut s = Settings::for_database(None);
     s.windows = parse_windows(windows).unwrap();
@@ -666,7 +220,8 @@ async fn every_gauge_matches_an_independent_computation() {
         let actual = flatten(&collect_all(&db.pool, &ctx).await);
         let exp = expected(
             &fx,
-            &[("1d", 1), ("7d", 7), ("30d", 30)],
+            t0(),
+            &[("1d", d(1)), ("7d", d(7)), ("30d", d(30))],
             &ctx.targets,
             top_n,
         );

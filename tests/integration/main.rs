@@ -3,6 +3,7 @@
 mod alerting_e2e;
 mod alerting_rules;
 mod api;
+mod backfill;
 mod check;
 mod collector;
 mod dashboards;
@@ -10,4 +11,7 @@ mod demo;
 mod foundation;
 mod http_metrics;
 mod incremental;
+mod reference;
+mod rollup_days;
+mod source_changes;
 mod support;
