@@ -65,6 +65,11 @@ const KEY_PANELS: &[(&str, &str)] = &[
     ("okr-overview", "Follow-ups by status (all time)"),
     ("api-latency", "Request rate by route"),
     ("api-latency", "P95 latency vs per-endpoint target"),
+    ("api-latency", "Scrape uptime by job"),
+    (
+        "api-latency",
+        "Responses without server error (non-5xx) by route",
+    ),
     ("exporter-health", "Database reachable"),
     ("exporter-health", "Scrape targets up"),
     ("exporter-health", "Time since last successful collection"),

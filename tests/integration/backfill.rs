@@ -407,3 +407,45 @@ async fn backfill_equals_the_reference_as_of_every_instant() {
         );
     }
 }
+
+#[test]
+fn bad_backfill_options_and_an_unreachable_database_fail_with_one_clear_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let out = dir.path().join("never.om");
+    let out = out.to_string_lossy().into_owned();
+    let unreachable = "postgres://okr:hunter22@127.0.0.1:1/followup";
+    for (args, needle) in [
+        (vec!["--step", "soon"], "--step"),
+        (vec!["--from", "last tuesday"], "--from"),
+        (vec!["--label", "window=7d"], "window"),
+        (vec!["--label", "nolabel"], "name=value"),
+        (
+            vec![
+                "--from",
+                "2026-01-02T00:00:00Z",
+                "--until",
+                "2026-01-01T00:00:00Z",
+            ],
+            "before",
+        ),
+        (vec!["--step", "1ms"], "--step"),
+        (vec![], "connecting to the database"),
+    ] {
+        let output = Command::new(exporter_bin())
+            .args(["backfill", "--database-url", unreachable, "--output", &out])
+            .args(&args)
+            .output()
+            .expect("run backfill");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} must fail");
+        let first = stderr.lines().next().unwrap_or("");
+        assert!(first.starts_with("error:"), "{args:?}: {stderr}");
+        assert!(first.contains(needle), "{args:?}: {stderr}");
+        assert!(!stderr.contains("hunter22"), "password leaked: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        assert!(
+            !Path::new(&out).exists() && !Path::new(&out).with_extension("partial").exists(),
+            "{args:?} left an output file"
+        );
+    }
+}

@@ -513,6 +513,75 @@ fn panel_ids_are_unique_and_panels_fit_the_grid() {
     }
 }
 
+/// Top-level panels never share a grid cell (panels inside a collapsed row
+/// are placed when it opens, so they are left out).
+#[test]
+fn panels_do_not_overlap() {
+    for (name, dashboard) in dashboards() {
+        let mut taken: BTreeMap<(u64, u64), String> = BTreeMap::new();
+        for panel in dashboard["panels"].as_array().into_iter().flatten() {
+            let pos = &panel["gridPos"];
+            let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| pos[k].as_u64().unwrap_or(0));
+            for cell in (x..x + w).flat_map(|cx| (y..y + h).map(move |cy| (cx, cy))) {
+                if let Some(other) = taken.insert(cell, title(panel)) {
+                    panic!(
+                        "{name}: panels {other:?} and {:?} overlap at {cell:?}",
+                        title(panel)
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The admin view's "Uptime %": share of successful scrapes and of non-5xx
+/// responses per route over the selected range, as percentages.
+#[test]
+fn api_latency_shows_uptime_over_the_selected_range() {
+    let (_, dashboard) = dashboards()
+        .into_iter()
+        .find(|(name, _)| name == "api-latency")
+        .expect("dashboards/api-latency.json");
+    let panels = all_panels(&dashboard);
+    let find = |needle: &str| {
+        panels
+            .iter()
+            .copied()
+            .find(|p| panel_exprs(p).iter().any(|(_, e)| e.contains(needle)))
+            .unwrap_or_else(|| panic!("api-latency: no panel queries {needle}"))
+    };
+    let scrapes = find("avg_over_time(up{");
+    let responses = find("http_response_status_code!~\"5..\"");
+    for panel in [scrapes, responses] {
+        let percent = panel["fieldConfig"]["defaults"]["unit"].as_str() == Some("percentunit")
+            || panel["fieldConfig"]["overrides"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|o| o["properties"].as_array().into_iter().flatten())
+                .any(|p| p["id"] == "unit" && p["value"] == "percentunit");
+        assert!(percent, "{:?} is not shown in percent", title(panel));
+        assert!(
+            matches!(panel["type"].as_str(), Some("stat" | "table")),
+            "{:?}",
+            title(panel)
+        );
+        for (ref_id, expr) in panel_exprs(panel) {
+            assert!(
+                expr.contains("[$__range]"),
+                "{:?} query {ref_id} is not over the selected range: {expr}",
+                title(panel)
+            );
+        }
+    }
+    // A route answering only 5xx reads 0 %, not "no data".
+    let (_, ratio) = panel_exprs(responses)
+        .into_iter()
+        .find(|(_, e)| e.contains("!~"))
+        .unwrap();
+    assert!(ratio.contains(" or 0 * "), "{ratio}");
+}
+
 /// Rows only group panels: they carry no query, so they need neither a data
 /// source nor a description.
 #[test]

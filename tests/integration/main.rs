@@ -11,6 +11,7 @@ mod demo;
 mod foundation;
 mod http_metrics;
 mod incremental;
+mod landing;
 mod reference;
 mod rollup_days;
 mod source_changes;
