@@ -72,6 +72,8 @@ pub struct EmbeddedPostgres {
     server: Child,
     watchdog: Option<Child>,
     port: u16,
+    bin: PathBuf,
+    run_as: Option<RunAs>,
     dir: tempfile::TempDir,
 }
 
@@ -146,6 +148,8 @@ impl EmbeddedPostgres {
                         server,
                         watchdog,
                         port,
+                        bin,
+                        run_as,
                         dir,
                     });
                 }
@@ -170,11 +174,31 @@ impl EmbeddedPostgres {
         self.dir.path()
     }
 
+    /// Stops the server, keeping its data, as a database outage would
+    /// (clients see their connections closed and new ones refused).
+    pub fn pause(&mut self) {
+        self.stop();
+    }
+
+    /// Starts the server again on the same port over the same data.
+    pub fn resume(&mut self) -> Result<(), EmbeddedPgError> {
+        let data = self.dir.path().join("data");
+        let server = start_server(&self.bin, self.dir.path(), &data, self.port, self.run_as)
+            .map_err(EmbeddedPgError::Start)?;
+        self.watchdog = spawn_watchdog(server.id(), self.dir.path()).ok();
+        self.server = server;
+        Ok(())
+    }
+
     /// Stops the server (fast shutdown) and waits for it to exit.
     fn stop(&mut self) {
         if let Some(mut w) = self.watchdog.take() {
             let _ = w.kill();
             let _ = w.wait();
+        }
+        // Already stopped and reaped: its pid may belong to another process now.
+        if !matches!(self.server.try_wait(), Ok(None)) {
+            return;
         }
         if let Ok(pid) = i32::try_from(self.server.id()) {
             // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).

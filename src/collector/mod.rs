@@ -517,7 +517,9 @@ impl Scheduler {
                 Ok(n)
             }
             Err(e) => {
-                if matches!(e, CollectError::Unreachable(_)) {
+                // A run that timed out as a whole got no answer from the
+                // server: the poll did not reach the database.
+                if matches!(e, CollectError::Unreachable(_) | CollectError::Timeout(_)) {
                     self.metrics.up.set(0);
                 } else {
                     self.metrics.up.set(1);
@@ -536,7 +538,13 @@ async fn collect_in_tx(
     ctx: &CollectContext,
     timeout: Duration,
 ) -> Result<Collected, CollectError> {
-    let mut conn = pool.acquire().await.map_err(CollectError::from_sqlx)?;
+    // A stopped server refuses connections at once, but the pool keeps
+    // retrying until its own acquire timeout: bound the wait by the query
+    // timeout so an outage shows within one interval.
+    let mut conn = match tokio::time::timeout(timeout, pool.acquire()).await {
+        Ok(conn) => conn.map_err(CollectError::from_sqlx)?,
+        Err(_) => return Err(CollectError::Unreachable(sqlx::Error::PoolTimedOut)),
+    };
     // Readers see one snapshot across their statements; the rollup writer
     // reads committed rows after taking its lock, so it never trips over a
     // row another replica wrote just before.

@@ -8,6 +8,7 @@ mod check;
 mod collector;
 mod dashboards;
 mod demo;
+mod faults;
 mod foundation;
 mod http_metrics;
 mod incremental;
