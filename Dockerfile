@@ -21,13 +21,18 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime ----------------------------------------------------------------
 FROM debian:bookworm-slim
 
+# /backfill: where `okr-exporter backfill` writes in docker-compose.yml. An
+# empty named volume mounted there takes this directory's owner, so user
+# 10001 can write it and others (promtool as nobody) read it.
+#
 # No PostgreSQL server in the image: `demo` without --database-url needs local
 # server binaries; the compose stack uses its postgres service instead.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --system --gid 10001 okr \
- && useradd --system --uid 10001 --gid okr --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin okr
+ && useradd --system --uid 10001 --gid okr --home-dir /nonexistent --no-create-home --shell /usr/sbin/nologin okr \
+ && install -d -o 10001 -g 10001 -m 0755 /backfill
 
 COPY --from=builder /usr/local/bin/okr-exporter /usr/local/bin/okr-exporter
 

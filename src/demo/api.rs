@@ -6,16 +6,27 @@
 //! |---|---|
 //! | `POST /api/followups` | creates a draft: `{creator_id, company?, meeting_type?, creator_region?}` → 201 `{id}` |
 //! | `GET /api/followups/{id}` | the follow-up |
-//! | `PATCH /api/followups/{id}` | edits fields; `{"publish": true}` publishes, `creation_seconds` relays the client's creation timer |
+//! | `PATCH /api/followups/{id}` | edits fields; `{"publish": true}` publishes, `creation_seconds` is the client's creation timer, relayed to the exporter |
 //! | `DELETE /api/followups/{id}` | deletes it |
 //! | `GET /api/followups/{id}/analytics` | sessions and unique visitors |
-//! | `POST /api/followups/{id}/next-action` | records the seller's first next action |
+//! | `POST /api/followups/{id}/next-action` | the seller acts: relayed to the exporter, which keeps the first action |
 //! | `POST /f/{id}/view` | a prospect opens the shared page: `{visitor_id, device_type}` |
 //! | `GET /metrics` | the API's request-latency metrics |
 //!
 //! Handlers sleep a few tens of milliseconds (with a rare slow tail) so the
 //! latency histograms look like a real service's and stay mostly within
 //! the targets.
+//!
+//! The events only the client knows go the documented way (README,
+//! *Sending client-side events*): once the publish is committed, the API
+//! relays the creation time to the exporter's `POST /api/okr/creation-time`,
+//! and a next action to `POST /api/okr/next-action`, with the ingest token
+//! ([`ExporterRelay`]). The API never writes the exporter's tables. The
+//! exporter's answers map to the API's: 200/201 pass through; its 409 and
+//! 422 become the API's (fields renamed to the API's); any other 4xx means
+//! the relay itself is misconfigured (wrong token, …): 502; a 5xx, a timeout
+//! or an unreachable exporter: 503, to be retried — a retried publish
+//! relays the same creation time again, which the exporter stores once.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -36,35 +47,161 @@ use tokio::net::TcpListener;
 use uuid::Uuid;
 
 use crate::api_error::ApiError;
-use crate::config::Settings;
+use crate::config::{Secret, Settings};
 use crate::exposition;
 use crate::http_metrics::HttpMetricsLayer;
+use crate::ingest::{CreationTimeEvent, IngestResponse, NextActionEvent};
 
 /// Largest request body the API reads.
 const MAX_BODY_BYTES: usize = 16 * 1024;
 /// Longest accepted text field.
 const MAX_TEXT_LEN: usize = 200;
-/// Largest creation time the API relays (one day, the exporter's default limit).
+/// Largest creation time the API accepts without settings (one day, the
+/// exporter's default `--max-creation-duration`).
 const MAX_CREATION_SECONDS: f64 = 86_400.0;
+/// How long the API waits for the exporter.
+const RELAY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where and how the API relays client-side events: the exporter's base URL
+/// and its ingest token (sent as `Authorization: Bearer`, never logged).
+#[derive(Debug, Clone)]
+pub struct ExporterRelay {
+    base_url: String,
+    token: Secret,
+    client: reqwest::Client,
+}
+
+/// The exporter's error body.
+#[derive(Debug, Deserialize)]
+struct ExporterError {
+    error: String,
+    field: Option<String>,
+}
+
+impl ExporterRelay {
+    /// Relays to the exporter at `base_url` (e.g. `http://127.0.0.1:9464`)
+    /// with `token`.
+    pub fn new(base_url: impl Into<String>, token: Secret) -> Self {
+        let client = reqwest::Client::builder()
+            .timeout(RELAY_TIMEOUT)
+            .user_agent("okr-exporter-demo-api")
+            .build()
+            .unwrap_or_default();
+        Self {
+            base_url: base_url.into().trim_end_matches('/').to_owned(),
+            token,
+            client,
+        }
+    }
+
+    /// POSTs `event` to the exporter's `path`. `Ok(true)` when the exporter
+    /// stored something (201), `Ok(false)` when it already had it (200);
+    /// otherwise the API's error (see the module documentation).
+    async fn send<T: Serialize>(&self, path: &str, event: &T) -> Result<bool, ApiError> {
+        let sent = self
+            .client
+            .post(format!("{}{path}", self.base_url))
+            .bearer_auth(self.token.expose())
+            .json(event)
+            .send()
+            .await;
+        let resp = match sent {
+            Ok(resp) => resp,
+            Err(e) => {
+                tracing::warn!(path, error = %e, "demo API: the exporter is unreachable");
+                return Err(ApiError::unavailable(
+                    "the OKR exporter is unreachable; retry later",
+                ));
+            }
+        };
+        let status = resp.status();
+        if status.is_success() {
+            // The body says the same as the status; read it so that a
+            // foreign answer is noticed.
+            return match resp.json::<IngestResponse>().await {
+                Ok(answer) => Ok(answer.recorded),
+                Err(e) => {
+                    tracing::warn!(path, error = %e, "demo API: unexpected answer from the exporter");
+                    Err(ApiError::new(
+                        StatusCode::BAD_GATEWAY,
+                        "the OKR exporter answered something unexpected",
+                    ))
+                }
+            };
+        }
+        let answer = resp.json::<ExporterError>().await.ok();
+        let message = answer
+            .as_ref()
+            .map_or_else(|| status.to_string(), |a| a.error.clone());
+        let field = answer.and_then(|a| a.field).and_then(|f| match f.as_str() {
+            "duration_seconds" => Some("creation_seconds"),
+            "followup_id" => Some("id"),
+            _ => None,
+        });
+        match status.as_u16() {
+            409 | 422 => {
+                tracing::info!(path, status = status.as_u16(), error = %message, "demo API: the exporter refused an event");
+                let err = ApiError::new(
+                    status,
+                    format!("the OKR exporter refused the event: {message}"),
+                );
+                Err(match field {
+                    Some(f) => err.field(f),
+                    None => err,
+                })
+            }
+            400..=499 => {
+                // The API built this request: a 401 (wrong token) or any
+                // other refusal is a configuration error on the server side.
+                tracing::error!(path, status = status.as_u16(), error = %message, "demo API: the exporter refused the relay (check the ingest token and URL)");
+                Err(ApiError::new(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "the OKR exporter refused the relayed event ({}): {message}",
+                        status.as_u16()
+                    ),
+                ))
+            }
+            _ => {
+                tracing::warn!(path, status = status.as_u16(), error = %message, "demo API: the exporter cannot record events now");
+                Err(ApiError::unavailable(format!(
+                    "the OKR exporter cannot record events now ({message}); retry later"
+                )))
+            }
+        }
+    }
+}
 
 /// Shared state of the API's handlers.
 #[derive(Clone)]
 struct ApiState {
     pool: PgPool,
     registry: Arc<Registry>,
+    relay: Option<ExporterRelay>,
+    max_creation_seconds: f64,
 }
 
 /// The API's routes over `pool`, instrumented with an [`HttpMetricsLayer`]
-/// registered in `registry`, which `GET /metrics` serves.
+/// registered in `registry`, which `GET /metrics` serves. Without a relay,
+/// requests that carry a creation time or a next action are refused with
+/// 503 before anything changes ([`serve_api`] relays them).
 pub fn router(pool: PgPool, mut registry: Registry) -> Router {
     let metrics = HttpMetricsLayer::new(&mut registry);
-    routes(pool, registry, metrics)
+    routes(pool, registry, metrics, None, MAX_CREATION_SECONDS)
 }
 
-fn routes(pool: PgPool, registry: Registry, metrics: HttpMetricsLayer) -> Router {
+fn routes(
+    pool: PgPool,
+    registry: Registry,
+    metrics: HttpMetricsLayer,
+    relay: Option<ExporterRelay>,
+    max_creation_seconds: f64,
+) -> Router {
     let state = ApiState {
         pool,
         registry: Arc::new(registry),
+        relay,
+        max_creation_seconds,
     };
     Router::new()
         .route("/api/followups", post(create))
@@ -83,19 +220,25 @@ fn routes(pool: PgPool, registry: Registry, metrics: HttpMetricsLayer) -> Router
         .layer(metrics)
 }
 
-/// Serves the API on `listener` until `shutdown` completes. With
-/// `--request-log` in `settings`, every request is also written to
-/// `performance_metrics`, and the queue is flushed before returning.
+/// Serves the API on `listener` until `shutdown` completes, relaying
+/// creation times and next actions through `relay`. With `--request-log` in
+/// `settings`, every request is also written to `performance_metrics`, and
+/// the queue is flushed before returning. Creation times over
+/// `--max-creation-duration` are refused before the publish, as the
+/// exporter would refuse them after it.
 pub async fn serve_api(
     listener: TcpListener,
     pool: PgPool,
     settings: Settings,
+    relay: ExporterRelay,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let mut registry = Registry::default();
     let (metrics, writer) = crate::server::instrument(&settings, &pool, &mut registry)
         .map_err(std::io::Error::other)?;
-    let served = axum::serve(listener, routes(pool, registry, metrics))
+    let max_creation_seconds = settings.max_creation_duration.as_secs_f64();
+    let app = routes(pool, registry, metrics, Some(relay), max_creation_seconds);
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     if let Some(writer) = writer {
@@ -145,6 +288,11 @@ fn not_found() -> ApiError {
 /// Parses a path id; a value that is not a UUID names no follow-up.
 fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| not_found())
+}
+
+/// 503 for an event this API has nowhere to relay (a [`router`] without relay).
+fn no_relay() -> ApiError {
+    ApiError::unavailable("this API relays no events to an OKR exporter")
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
@@ -260,13 +408,17 @@ async fn update(
     check_text("company", body.company.as_deref(), false)?;
     check_text("meeting_type", body.meeting_type.as_deref(), false)?;
     check_text("creator_region", body.creator_region.as_deref(), false)?;
-    if let Some(s) = body.creation_seconds
-        && !(s.is_finite() && (0.0..=MAX_CREATION_SECONDS).contains(&s))
-    {
-        return Err(ApiError::invalid(
-            "creation_seconds",
-            format!("creation_seconds must be between 0 and {MAX_CREATION_SECONDS}"),
-        ));
+    if let Some(s) = body.creation_seconds {
+        let max = state.max_creation_seconds;
+        if !(s.is_finite() && (0.0..=max).contains(&s)) {
+            return Err(ApiError::invalid(
+                "creation_seconds",
+                format!("creation_seconds must be between 0 and {max}"),
+            ));
+        }
+        if state.relay.is_none() {
+            return Err(no_relay().field("creation_seconds"));
+        }
     }
     work(5, 40, 0.02).await;
     let mut tx = state.pool.begin().await.map_err(db_error)?;
@@ -311,23 +463,36 @@ async fn update(
         .fetch_one(&mut *tx)
         .await
         .map_err(db_error)?;
-    if let (Some(seconds), Some(published_at)) = (body.creation_seconds, row.published_at) {
-        // What the real backend relays to POST /api/okr/creation-time; the
-        // primary key keeps a retried publish from counting twice.
-        sqlx::query(
-            "INSERT INTO okr_creation_time (followup_id, started_at, published_at,
-                                            duration_seconds, status)
-             VALUES ($1, $2 - make_interval(secs => $3), $2, $3, 'published')
-             ON CONFLICT (followup_id) DO NOTHING",
-        )
-        .bind(id)
-        .bind(published_at)
-        .bind(seconds)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_error)?;
-    }
     tx.commit().await.map_err(db_error)?;
+    // Relayed once the publish is stored, with the follow-up's own publish
+    // time. A retry of the same request relays the same event again, which
+    // the exporter stores once.
+    if let (Some(seconds), Some(published_at), Some(relay)) =
+        (body.creation_seconds, row.published_at, &state.relay)
+    {
+        let event = CreationTimeEvent {
+            followup_id: id,
+            duration_seconds: seconds,
+            started_at: None,
+            published_at: Some(published_at),
+        };
+        relay
+            .send("/api/okr/creation-time", &event)
+            .await
+            .map_err(|e| ApiError {
+                message: format!(
+                    "the follow-up is published, but its creation time was not recorded: {}",
+                    e.message
+                ),
+                // What the exporter refused is this request's creation time.
+                field: if matches!(e.status.as_u16(), 409 | 422) {
+                    Some("creation_seconds".to_owned())
+                } else {
+                    e.field
+                },
+                status: e.status,
+            })?;
+    }
     Ok(Json(row))
 }
 
@@ -401,6 +566,9 @@ async fn analytics(
     }))
 }
 
+/// The answer to a next action: the event relayed, and whether the
+/// exporter recorded it (false when it already holds an earlier or the
+/// same action, which stays the follow-up's next action).
 #[derive(Debug, Serialize)]
 struct NextAction {
     followup_id: Uuid,
@@ -414,6 +582,7 @@ async fn next_action(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
+    let relay = state.relay.as_ref().ok_or_else(no_relay)?;
     work(5, 25, 0.01).await;
     let published: Option<(Option<DateTime<Utc>>,)> =
         sqlx::query_as("SELECT published_at FROM followups WHERE id = $1")
@@ -430,30 +599,23 @@ async fn next_action(
             "the follow-up is not published",
         ));
     };
-    let inserted: Option<(DateTime<Utc>, f64)> = sqlx::query_as(
-        "INSERT INTO okr_next_actions (followup_id, action_at, published_at, days_to_action)
-         VALUES ($1, greatest(now(), $2), $2,
-                 extract(epoch FROM greatest(now(), $2) - $2)::float8 / 86400)
-         ON CONFLICT (followup_id) DO NOTHING
-         RETURNING action_at, days_to_action",
-    )
-    .bind(id)
-    .bind(published_at)
-    .fetch_optional(&state.pool)
-    .await
-    .map_err(db_error)?;
-    let (status, (action_at, days_to_action), recorded) = match inserted {
-        Some(row) => (StatusCode::CREATED, row, true),
-        None => {
-            let existing: (DateTime<Utc>, f64) = sqlx::query_as(
-                "SELECT action_at, days_to_action FROM okr_next_actions WHERE followup_id = $1",
-            )
-            .bind(id)
-            .fetch_one(&state.pool)
-            .await
-            .map_err(db_error)?;
-            (StatusCode::OK, existing, false)
-        }
+    // Now, at the database's microsecond precision, and never before the
+    // publish (the exporter refuses an action before it).
+    let now = Utc::now();
+    let now = DateTime::from_timestamp_micros(now.timestamp_micros()).unwrap_or(now);
+    let action_at = now.max(published_at);
+    let event = NextActionEvent {
+        followup_id: id,
+        action_at,
+    };
+    let recorded = relay.send("/api/okr/next-action", &event).await?;
+    let days_to_action = (action_at - published_at)
+        .num_microseconds()
+        .map_or(f64::MAX, |us| us as f64 / 86_400e6);
+    let status = if recorded {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
     };
     let body = NextAction {
         followup_id: id,

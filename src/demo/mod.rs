@@ -5,6 +5,14 @@
 //! deterministic history ([`backfill`]), runs the instrumented reference
 //! Follow-Up API ([`api`]) with a traffic simulator against it
 //! ([`traffic`]), and serves the exporter until SIGINT/SIGTERM.
+//!
+//! The API relays creation times and next actions to the exporter's
+//! ingestion endpoints with the ingest token, as a real backend does; without
+//! a configured token the demo makes up a random one (never shown).
+//!
+//! The exporter serves nothing, `/healthz` and `/readyz` included, before
+//! the history is in the database: docker-compose.yml's `okr-backfill` waits
+//! for the demo to be healthy and then reads that history.
 
 pub mod api;
 pub mod backfill;
@@ -14,10 +22,11 @@ pub mod traffic;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
+use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::config::{DatabaseUrl, DemoArgs, Settings};
+use crate::config::{DatabaseUrl, DemoArgs, Secret, Settings, Windows};
 use crate::db;
 use crate::embedded_pg::{EmbeddedPgError, EmbeddedPostgres};
 use crate::server::{self, Exporter, ServerError};
@@ -59,6 +68,12 @@ pub enum DemoError {
 pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError> {
     if !(args.rps.is_finite() && (0.0..=MAX_RPS).contains(&args.rps)) {
         return Err(DemoError::InvalidRps(args.rps));
+    }
+    if settings.ingest_token.is_none() {
+        settings.ingest_token = Some(random_token());
+        tracing::info!(
+            "no ingest token configured: the demo's API and exporter share a random one (not shown)"
+        );
     }
     // Both ports are bound before the database starts, so a taken port fails at once.
     let listener = server::bind(settings.listen).await?;
@@ -117,9 +132,12 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
             "history backfilled"
         );
     }
-    if _embedded.is_some()
-        && let Err(e) = db::create_source_indexes(&pool).await
-    {
+    let exporter_target = reachable(exporter_addr);
+    let embedded = _embedded.is_some();
+    for line in history_commands(&url, &settings, args.days, exporter_target, embedded) {
+        tracing::info!("{line}");
+    }
+    if embedded && let Err(e) = db::create_source_indexes(&pool).await {
         tracing::warn!(error = %e, "creating the source-table indexes failed");
     }
 
@@ -128,8 +146,12 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
         let pool = pool.clone();
         let stop = stopped(stop_rx.clone());
         let settings = settings.clone();
+        let relay = api::ExporterRelay::new(
+            format!("http://{exporter_target}"),
+            settings.ingest_token.clone().unwrap_or_else(random_token),
+        );
         async move {
-            if let Err(e) = api::serve_api(api_listener, pool, settings, stop).await {
+            if let Err(e) = api::serve_api(api_listener, pool, settings, relay, stop).await {
                 tracing::error!(error = %e, "the demo's Follow-Up API stopped");
             }
         }
@@ -160,6 +182,8 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
     tracing::info!(
         "exporter on http://{exporter_addr}/ — API on http://{api_addr} (its metrics on http://{api_addr}/metrics)"
     );
+    // Only now does the exporter answer anything (health included): the
+    // history is in the database.
     let exporter = Exporter::new(settings)?;
     // The signal stops the exporter and, through the watch channel, the API
     // and the traffic; if the exporter fails, dropping the sender stops them.
@@ -178,6 +202,61 @@ pub async fn run(mut settings: Settings, args: DemoArgs) -> Result<(), DemoError
     .await;
     result?;
     Ok(())
+}
+
+/// A fresh ingest token: 32 hex digits (128 random bits).
+fn random_token() -> Secret {
+    let bits: u128 = rand::rng().random();
+    Secret::new(format!("{bits:032x}"))
+}
+
+/// `--max-block-duration` suggested for promtool (a Go duration: no `d`
+/// unit): blocks of 162 hours, so promtool re-parses the file about once a
+/// week of history instead of once every 2 hours.
+pub const PROMTOOL_MAX_BLOCK_DURATION: &str = "168h";
+
+/// The lines that tell how to give a Prometheus of one's own the demo's
+/// history: `okr-exporter backfill` to a file, then promtool into the data
+/// directory. The password of `url`, if any, is replaced by `***`.
+fn history_commands(
+    url: &DatabaseUrl,
+    settings: &Settings,
+    days: u32,
+    exporter: SocketAddr,
+    embedded: bool,
+) -> Vec<String> {
+    let mut backfill = format!(
+        "  okr-exporter backfill --database-url '{url}' --from {days}d \
+         --label job=okr-exporter --label instance={exporter} --output okr-history.om"
+    );
+    if settings.windows != Windows::default() {
+        let list: Vec<&str> = settings
+            .windows
+            .0
+            .iter()
+            .map(|w| w.label.as_str())
+            .collect();
+        backfill.push_str(&format!(" --windows {}", list.join(",")));
+    }
+    if settings.company_top_n != Settings::for_database(None).company_top_n {
+        backfill.push_str(&format!(" --company-top-n {}", settings.company_top_n));
+    }
+    vec![
+        format!(
+            "to give a Prometheus of your own this history{}:",
+            if embedded {
+                " (while the demo runs: the embedded database goes with it)"
+            } else {
+                ""
+            }
+        ),
+        backfill,
+        format!(
+            "  promtool tsdb create-blocks-from openmetrics \
+             --max-block-duration={PROMTOOL_MAX_BLOCK_DURATION} okr-history.om <prometheus data dir>"
+        ),
+        "the blocks land in Prometheus's data directory (--storage.tsdb.path); restart Prometheus to load them".to_owned(),
+    ]
 }
 
 /// Completes when the demo stops (the flag is set or its sender is gone).
@@ -202,6 +281,36 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_tokens_are_fresh_hex_and_never_debug_printed() {
+        let a = random_token();
+        let b = random_token();
+        assert_ne!(a, b);
+        assert_eq!(a.expose().len(), 32);
+        assert!(a.expose().chars().all(|c| c.is_ascii_hexdigit()));
+        assert!(!format!("{a:?}").contains(a.expose()));
+    }
+
+    #[test]
+    fn history_commands_match_the_demo_and_hide_the_password() {
+        let url = DatabaseUrl::parse_arg("postgres://okr:s3cret@db:5432/followup").unwrap();
+        let mut settings = Settings::for_database(Some(url.clone()));
+        let exporter: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let text = history_commands(&url, &settings, 45, exporter, false).join("\n");
+        assert!(!text.contains("s3cret"), "{text}");
+        for needle in [
+            "okr-exporter backfill --database-url 'postgres://okr:***@db:5432/followup' --from 45d",
+            "--label job=okr-exporter --label instance=127.0.0.1:9464 --output okr-history.om",
+            "promtool tsdb create-blocks-from openmetrics --max-block-duration=168h okr-history.om",
+        ] {
+            assert!(text.contains(needle), "{needle:?} not in {text}");
+        }
+        assert!(!text.contains("--windows"));
+        settings.windows = crate::config::parse_windows("1d,7d").unwrap();
+        let text = history_commands(&url, &settings, 45, exporter, false).join("\n");
+        assert!(text.contains("--windows 1d,7d"), "{text}");
+    }
 
     #[test]
     fn wildcard_listeners_are_reached_on_loopback() {

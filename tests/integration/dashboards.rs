@@ -5,7 +5,8 @@
 //! catalogue (DESIGN §4), compare against the exported `okr_target_*` series
 //! instead of repeating a target literal, and never turn an absent ratio into
 //! a zero. `docker-compose.yml` must mount files that exist, cover every
-//! provisioning file and publish ports on 127.0.0.1 only.
+//! provisioning file, publish ports on 127.0.0.1 only, pin its images and
+//! import the demo's history before Prometheus first starts.
 //!
 //! [`dashboard_queries`] hands every panel query, with its Grafana variables
 //! replaced by concrete values, to tests that run them against a real
@@ -1059,5 +1060,225 @@ fn grafana_provisioning_matches_the_dashboards() {
     assert!(
         providers.contains("type: file") && providers.contains("path: /var/lib/grafana/dashboards"),
         "the dashboard provider must load /var/lib/grafana/dashboards from files"
+    );
+}
+
+/// The lines of one service of the compose file (after its `  name:` line,
+/// up to the next top-level or service key).
+fn compose_service(text: &str, name: &str) -> String {
+    let header = format!("  {name}:");
+    let mut lines = text.lines().skip_while(|l| *l != header);
+    assert!(
+        lines.next().is_some(),
+        "docker-compose.yml has no service {name}"
+    );
+    lines
+        .take_while(|l| l.trim().is_empty() || l.trim().starts_with('#') || indent_of(l) > 2)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The `condition:` under `depends_on:` → `dep:` of a service block.
+fn depends_on_condition(service: &str, dep: &str) -> Option<String> {
+    let lines: Vec<&str> = service.lines().collect();
+    let start = lines.iter().position(|l| l.trim() == "depends_on:")?;
+    let base = indent_of(lines[start]);
+    let deps: Vec<&str> = lines[start + 1..]
+        .iter()
+        .copied()
+        .filter(|l| !l.trim().is_empty())
+        .take_while(|l| indent_of(l) > base)
+        .collect();
+    let at = deps.iter().position(|l| l.trim() == format!("{dep}:"))?;
+    deps.get(at + 1)
+        .and_then(|l| l.trim().strip_prefix("condition:"))
+        .map(|c| c.trim().to_owned())
+}
+
+/// The value of a `key: value` line of a service block.
+fn service_value(service: &str, key: &str) -> Option<String> {
+    service.lines().find_map(|l| {
+        l.trim()
+            .strip_prefix(&format!("{key}:"))
+            .map(|v| unquote(v.split(" #").next().unwrap_or(v)).to_owned())
+            .filter(|v| !v.is_empty())
+    })
+}
+
+#[test]
+fn compose_pins_every_image() {
+    let text = compose_text();
+    let images: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("image:"))
+        .map(|v| unquote(v.split(" #").next().unwrap_or(v)).to_owned())
+        .collect();
+    assert!(images.len() >= 7, "{images:?}");
+    for image in &images {
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(
+            !tag.is_empty() && tag != "latest" && !tag.contains('/'),
+            "image {image:?} is not pinned to a tag"
+        );
+    }
+    // okr-exporter:local is never pulled: one service builds it.
+    assert!(
+        compose_service(&text, "okr-exporter").contains("dockerfile: Dockerfile"),
+        "the okr-exporter service must build okr-exporter:local"
+    );
+}
+
+/// `okr-backfill` writes the demo's history once the demo is ready,
+/// `okr-blocks` turns it into blocks in Prometheus's volume, and Prometheus
+/// starts only after both succeeded; the labels continue the live series,
+/// the volumes are declared and shared, the owners fit.
+#[test]
+fn compose_imports_the_demo_history_before_prometheus_starts() {
+    let text = compose_text();
+    let exporter = compose_service(&text, "okr-exporter");
+    let backfill = compose_service(&text, "okr-backfill");
+    let blocks = compose_service(&text, "okr-blocks");
+    let prometheus = compose_service(&text, "prometheus");
+
+    // The backfill reads the history only once the demo is ready: the demo
+    // answers nothing before its history exists, /readyz once the database
+    // is reachable.
+    assert!(
+        exporter.contains("GET /readyz"),
+        "the okr-exporter healthcheck must probe /readyz"
+    );
+    assert_eq!(
+        depends_on_condition(&backfill, "okr-exporter").as_deref(),
+        Some("service_healthy")
+    );
+    assert_eq!(
+        service_value(&backfill, "image").as_deref(),
+        Some("okr-exporter:local")
+    );
+    let command = compose_list_items(&backfill, "command");
+    assert_eq!(command.first().map(String::as_str), Some("backfill"));
+    let arg = |name: &str| {
+        command
+            .iter()
+            .find_map(|c| c.strip_prefix(&format!("--{name}=")))
+            .unwrap_or_else(|| panic!("okr-backfill has no --{name}"))
+            .to_owned()
+    };
+    assert!(
+        exporter.contains(
+            "- --database-url=postgres://okr:${POSTGRES_PASSWORD:-okr}@postgres:5432/followup"
+        ) && arg("database-url")
+            == "postgres://okr:${POSTGRES_PASSWORD:-okr}@postgres:5432/followup",
+        "okr-backfill must read the demo's database"
+    );
+    // As many days as the demo generates.
+    assert!(
+        exporter.contains("OKR_DEMO_DAYS: ${OKR_DEMO_DAYS:-45}"),
+        "the demo's days must be OKR_DEMO_DAYS"
+    );
+    assert_eq!(arg("from"), "${OKR_DEMO_DAYS:-45}d");
+    // The labels Prometheus gives the live series of the exporter.
+    let scrape = fs::read_to_string(repo_root().join("provisioning/prometheus/prometheus.yml"))
+        .expect("prometheus.yml");
+    let job = scrape
+        .split("- job_name: okr-exporter")
+        .nth(1)
+        .expect("an okr-exporter scrape job");
+    let target = job
+        .split("targets: [\"")
+        .nth(1)
+        .and_then(|t| t.split('"').next())
+        .expect("the okr-exporter target");
+    let labels: Vec<&str> = command
+        .iter()
+        .filter_map(|c| c.strip_prefix("--label="))
+        .collect();
+    assert_eq!(
+        labels,
+        ["job=okr-exporter".to_owned(), format!("instance={target}")]
+    );
+    let output = arg("output");
+    assert!(output.starts_with("/backfill/"), "{output}");
+    assert!(compose_list_items(&backfill, "volumes").contains(&"backfill:/backfill".to_owned()));
+
+    // promtool from the Prometheus image, into Prometheus's volume, as
+    // Prometheus's user (the image's default), from the backfill's file.
+    assert_eq!(
+        service_value(&blocks, "image"),
+        service_value(&prometheus, "image")
+    );
+    assert!(
+        service_value(&blocks, "user").is_none(),
+        "okr-blocks must write as the image's user (nobody), as Prometheus does"
+    );
+    assert_eq!(
+        depends_on_condition(&blocks, "okr-backfill").as_deref(),
+        Some("service_completed_successfully")
+    );
+    let script: String = blocks.split_whitespace().collect::<Vec<_>>().join(" ");
+    let promtool = format!(
+        "promtool tsdb create-blocks-from openmetrics --max-block-duration={} {output} /prometheus",
+        okr_exporter::demo::PROMTOOL_MAX_BLOCK_DURATION
+    );
+    assert!(
+        script.contains(&promtool),
+        "okr-blocks must run `{promtool}`"
+    );
+    // Once Prometheus has run on the volume, nothing is imported again.
+    assert!(
+        script.contains("if [ -d /prometheus/wal ]; then") && script.contains("exit 0; fi;"),
+        "okr-blocks must skip a volume Prometheus has already used"
+    );
+    let volumes = compose_list_items(&blocks, "volumes");
+    assert!(
+        volumes.contains(&"backfill:/backfill:ro".to_owned())
+            && volumes.contains(&"prometheus-data:/prometheus".to_owned()),
+        "{volumes:?}"
+    );
+    assert!(
+        compose_list_items(&prometheus, "volumes")
+            .contains(&"prometheus-data:/prometheus".to_owned())
+    );
+    assert_eq!(
+        depends_on_condition(&prometheus, "okr-blocks").as_deref(),
+        Some("service_completed_successfully")
+    );
+    // Retention longer than the history: older blocks would go at once.
+    let retention = compose_list_items(&prometheus, "command")
+        .iter()
+        .find_map(|c| {
+            c.strip_prefix("--storage.tsdb.retention.time=")
+                .map(str::to_owned)
+        })
+        .expect("a retention time");
+    let retention = okr_exporter::config::parse_duration(&retention).expect("retention");
+    assert!(retention >= std::time::Duration::from_secs(45 * 86_400));
+
+    // Every named volume a service mounts is declared.
+    let declared: Vec<&str> = text
+        .split("\nvolumes:\n")
+        .nth(1)
+        .expect("top-level volumes")
+        .lines()
+        .filter_map(|l| l.trim().strip_suffix(':'))
+        .collect();
+    for mount in compose_list_items(&text, "volumes") {
+        if let Some((volume, _)) = mount.split_once(':')
+            && !volume.starts_with('.')
+            && !volume.starts_with('/')
+        {
+            assert!(
+                declared.contains(&volume),
+                "volume {volume} is not declared"
+            );
+        }
+    }
+
+    // The image's user owns /backfill, which a new volume copies.
+    let dockerfile = fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
+    assert!(
+        dockerfile.contains("install -d -o 10001 -g 10001 -m 0755 /backfill")
+            && dockerfile.contains("USER 10001:10001"),
+        "the runtime image must have /backfill owned by its user 10001"
     );
 }

@@ -1,15 +1,18 @@
-//! The demo: deterministic, plausible backfill and the reference API.
+//! The demo: deterministic, plausible backfill and the reference API, which
+//! relays creation times and next actions to the exporter's ingestion
+//! endpoints with the ingest token.
 
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
+use okr_exporter::config::{Secret, Settings};
 use okr_exporter::demo::{api, backfill};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::support::prepared_db;
+use crate::support::{RunningExporter, TestDb, prepared_db, start_exporter};
 
 /// Row counts and sums that identify a backfilled history.
 #[derive(Debug, PartialEq)]
@@ -161,22 +164,83 @@ async fn json_of(resp: reqwest::Response) -> (StatusCode, Value) {
     (status, body)
 }
 
-#[tokio::test]
-async fn reference_api_writes_the_source_tables_and_is_instrumented() {
-    let db = prepared_db().await;
+const INGEST_TOKEN: &str = "test-ingest-token";
+
+/// An exporter on `db` whose ingestion takes [`INGEST_TOKEN`].
+async fn exporter_on(db: &TestDb) -> RunningExporter {
+    let mut settings = Settings::for_database(Some(db.database_url()));
+    settings.ingest_token = Some(Secret::new(INGEST_TOKEN));
+    start_exporter(settings).await
+}
+
+/// A running reference API relaying to `exporter_base` with `token`.
+struct RunningApi {
+    base: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningApi {
+    async fn stop(self) {
+        let _ = self.stop.send(());
+        self.task.await.unwrap().unwrap();
+    }
+}
+
+async fn start_api(
+    settings: Settings,
+    db: &TestDb,
+    exporter_base: &str,
+    token: &str,
+) -> RunningApi {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut settings = okr_exporter::config::Settings::for_database(Some(db.database_url()));
-    settings.request_log = true;
-    let server = tokio::spawn(api::serve_api(
+    let relay = api::ExporterRelay::new(exporter_base, Secret::new(token));
+    let task = tokio::spawn(api::serve_api(
         listener,
         db.pool.clone(),
         settings,
+        relay,
         async move {
             let _ = stopped.await;
         },
     ));
+    RunningApi { base, stop, task }
+}
+
+/// Creates a draft through the API and returns its id.
+async fn create_draft(http: &reqwest::Client, base: &str) -> Uuid {
+    let (status, body) = json_of(
+        http.post(format!("{base}/api/followups"))
+            .json(&json!({"creator_id": "seller-02"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["id"].as_str().unwrap().parse().unwrap()
+}
+
+async fn count(pool: &PgPool, table: &str, id: Uuid) -> i64 {
+    let sql = format!("SELECT count(*) FROM {table} WHERE followup_id = $1");
+    let (n,): (i64,) = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    n
+}
+
+#[tokio::test]
+async fn reference_api_writes_the_source_tables_and_is_instrumented() {
+    let db = prepared_db().await;
+    let exporter = exporter_on(&db).await;
+    let mut settings = Settings::for_database(Some(db.database_url()));
+    settings.request_log = true;
+    let running = start_api(settings, &db, &exporter.base, INGEST_TOKEN).await;
+    let base = running.base.clone();
     let http = reqwest::Client::new();
 
     let (status, body) = json_of(
@@ -216,13 +280,45 @@ async fn reference_api_writes_the_source_tables_and_is_instrumented() {
             .unwrap();
     assert_eq!(st, "published");
     assert!(published_at.is_some());
-    let (secs,): (f64,) =
-        sqlx::query_as("SELECT duration_seconds FROM okr_creation_time WHERE followup_id = $1")
-            .bind(id)
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
+    // Relayed to the exporter, which stored it with the follow-up's own
+    // publish time.
+    let (secs, stored_published_at, started_at): (f64, DateTime<Utc>, Option<DateTime<Utc>>) =
+        sqlx::query_as(
+            "SELECT duration_seconds, published_at, started_at FROM okr_creation_time
+              WHERE followup_id = $1",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
     assert_eq!(secs, 321.5);
+    assert_eq!(Some(stored_published_at), published_at);
+    assert_eq!(
+        started_at.map(|s| (stored_published_at - s).num_milliseconds()),
+        Some(321_500)
+    );
+    // A retried publish relays the same event again: stored once.
+    let (status, body) = json_of(
+        http.patch(format!("{base}/api/followups/{id}"))
+            .json(&json!({"publish": true, "creation_seconds": 321.5}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(count(&db.pool, "okr_creation_time", id).await, 1);
+    // A different creation time for the same follow-up: the exporter's 409.
+    let (status, body) = json_of(
+        http.patch(format!("{base}/api/followups/{id}"))
+            .json(&json!({"creation_seconds": 5.0}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["field"], "creation_seconds", "{body}");
 
     // A prospect opens it; analytics and the next action follow.
     let view = http
@@ -245,25 +341,38 @@ async fn reference_api_writes_the_source_tables_and_is_instrumented() {
         (Some(1), Some(1))
     );
     assert_eq!(body["devices"]["mobile"].as_i64(), Some(1));
-    let first = http
-        .post(format!("{base}/api/followups/{id}/next-action"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(first.status(), StatusCode::CREATED);
-    let again = http
-        .post(format!("{base}/api/followups/{id}/next-action"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(again.status(), StatusCode::OK);
-    let (n,): (i64,) =
-        sqlx::query_as("SELECT count(*) FROM okr_next_actions WHERE followup_id = $1")
-            .bind(id)
-            .fetch_one(&db.pool)
+    let (status, first) = json_of(
+        http.post(format!("{base}/api/followups/{id}/next-action"))
+            .send()
             .await
-            .unwrap();
-    assert_eq!(n, 1);
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["recorded"], true);
+    assert_eq!(first["followup_id"], id.to_string());
+    let (status, again) = json_of(
+        http.post(format!("{base}/api/followups/{id}/next-action"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["recorded"], false);
+    // The exporter kept the first action, as the API reported it.
+    let (action_at, days): (DateTime<Utc>, f64) = sqlx::query_as(
+        "SELECT action_at, days_to_action FROM okr_next_actions WHERE followup_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(count(&db.pool, "okr_next_actions", id).await, 1);
+    let reported: DateTime<Utc> = first["action_at"].as_str().unwrap().parse().unwrap();
+    assert_eq!(action_at, reported);
+    assert!((days - first["days_to_action"].as_f64().unwrap()).abs() < 1e-9);
+    assert!(action_at >= published_at.unwrap());
 
     // Unknown ids and bad input get JSON 4xx answers and change nothing.
     let unknown = Uuid::new_v4();
@@ -333,8 +442,8 @@ async fn reference_api_writes_the_source_tables_and_is_instrumented() {
         r#"http_request_method="POST",http_route="/api/followups",http_response_status_code="201""#
     ));
 
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    running.stop().await;
+    exporter.stop().await;
     // --request-log: the API's requests are in performance_metrics (flushed
     // on shutdown), by route template.
     let (logged, templated): (i64, i64) = sqlx::query_as(
@@ -345,4 +454,159 @@ async fn reference_api_writes_the_source_tables_and_is_instrumented() {
     .unwrap();
     assert!(logged >= 5, "{logged} request-log rows");
     assert!(templated >= 1, "{templated} rows for /api/followups/{{id}}");
+}
+
+/// Relay failures are answers, never silent losses: a wrong token is the
+/// API's 502, an exporter that is gone its 503; the publish itself stands,
+/// nothing reaches the exporter's tables, and a retry once the exporter is
+/// back records the event.
+#[tokio::test]
+async fn reference_api_reports_relay_failures() {
+    let db = prepared_db().await;
+    let exporter = exporter_on(&db).await;
+    let http = reqwest::Client::new();
+    let settings = Settings::for_database(Some(db.database_url()));
+
+    let wrong = start_api(settings.clone(), &db, &exporter.base, "not-the-token").await;
+    let id = create_draft(&http, &wrong.base).await;
+    let (status, body) = json_of(
+        http.patch(format!("{}/api/followups/{id}", wrong.base))
+            .json(&json!({"publish": true, "creation_seconds": 42.0}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("published") && error.contains("401"),
+        "{body}"
+    );
+    assert!(!error.contains("not-the-token") && !error.contains(INGEST_TOKEN));
+    let (st,): (String,) = sqlx::query_as("SELECT status FROM followups WHERE id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(st, "published", "the publish stands");
+    assert_eq!(count(&db.pool, "okr_creation_time", id).await, 0);
+    let (status, body) = json_of(
+        http.post(format!("{}/api/followups/{id}/next-action", wrong.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY, "{body}");
+    assert_eq!(count(&db.pool, "okr_next_actions", id).await, 0);
+    wrong.stop().await;
+
+    // Nobody listens at the exporter's address any more.
+    let gone = exporter.base.clone();
+    exporter.stop().await;
+    let down = start_api(settings.clone(), &db, &gone, INGEST_TOKEN).await;
+    for request in [
+        http.patch(format!("{}/api/followups/{id}", down.base))
+            .json(&json!({"publish": true, "creation_seconds": 42.0})),
+        http.post(format!("{}/api/followups/{id}/next-action", down.base)),
+    ] {
+        let (status, body) = json_of(request.send().await.unwrap()).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert!(body["error"].is_string(), "{body}");
+    }
+    down.stop().await;
+
+    // The exporter is back: the same requests record the events once.
+    let exporter = exporter_on(&db).await;
+    let api = start_api(settings, &db, &exporter.base, INGEST_TOKEN).await;
+    let (status, body) = json_of(
+        http.patch(format!("{}/api/followups/{id}", api.base))
+            .json(&json!({"publish": true, "creation_seconds": 42.0}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["status"], "published");
+    let (status, body) = json_of(
+        http.post(format!("{}/api/followups/{id}/next-action", api.base))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(count(&db.pool, "okr_creation_time", id).await, 1);
+    assert_eq!(count(&db.pool, "okr_next_actions", id).await, 1);
+
+    // Over the exporter's --max-creation-duration: refused before the
+    // publish, so nothing changes.
+    let draft = create_draft(&http, &api.base).await;
+    let (status, body) = json_of(
+        http.patch(format!("{}/api/followups/{draft}", api.base))
+            .json(&json!({"publish": true, "creation_seconds": 90_000.0}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    assert_eq!(body["field"], "creation_seconds");
+    let (st,): (String,) = sqlx::query_as("SELECT status FROM followups WHERE id = $1")
+        .bind(draft)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(st, "draft");
+    api.stop().await;
+    exporter.stop().await;
+}
+
+/// Without a relay the API refuses events it cannot deliver, before any
+/// change.
+#[tokio::test]
+async fn reference_api_without_relay_refuses_events() {
+    let db = prepared_db().await;
+    let app = api::router(
+        db.pool.clone(),
+        prometheus_client::registry::Registry::default(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let http = reqwest::Client::new();
+    let id = create_draft(&http, &base).await;
+    let (status, body) = json_of(
+        http.patch(format!("{base}/api/followups/{id}"))
+            .json(&json!({"publish": true, "creation_seconds": 42.0}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (st,): (String,) = sqlx::query_as("SELECT status FROM followups WHERE id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(st, "draft");
+    let (status, _) = json_of(
+        http.patch(format!("{base}/api/followups/{id}"))
+            .json(&json!({"publish": true}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let resp = http
+        .post(format!("{base}/api/followups/{id}/next-action"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    server.abort();
 }
