@@ -79,28 +79,80 @@ pub fn encode(registry: &Registry, format: Format) -> Result<String, std::fmt::E
 /// Writes integer bucket bounds as OpenMetrics does (`le="1.0"`, not
 /// `le="1"`), so rules and dashboards see the same `le` strings whichever
 /// format a scraper negotiates (Prometheus 3 normalises to this form too).
+///
+/// Only the `le` label of a histogram's `_bucket` samples is touched: the
+/// family comes from its `# TYPE` line and the labels are parsed with their
+/// escapes, so other labels — `role`, `module`, values containing `le="` —
+/// are left as they are.
 fn float_bucket_bounds(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 256);
+    let mut histogram: Option<&str> = None;
     for line in text.split_inclusive('\n') {
-        if line.starts_with('#') || !line.contains("_bucket{") {
+        if let Some(comment) = line.strip_prefix('#') {
+            if let Some(descriptor) = comment.strip_prefix(" TYPE ") {
+                let mut words = descriptor.split_whitespace();
+                histogram = match (words.next(), words.next()) {
+                    (Some(family), Some("histogram")) => Some(family),
+                    _ => None,
+                };
+            }
             out.push_str(line);
             continue;
         }
-        match line.find("le=\"") {
-            Some(at) => {
-                let start = at + 4;
-                let end = line[start..].find('"').map_or(start, |e| start + e);
-                let bound = &line[start..end];
+        match histogram.and_then(|family| integer_bucket_bound_end(line, family)) {
+            Some(end) => {
                 out.push_str(&line[..end]);
-                if !bound.is_empty() && bound.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-                    out.push_str(".0");
-                }
+                out.push_str(".0");
                 out.push_str(&line[end..]);
             }
             None => out.push_str(line),
         }
     }
     out
+}
+
+/// In a `<family>_bucket{…}` sample line whose `le` label is an integer,
+/// the offset of that value's closing quote; `None` for any other line, and
+/// for a line that does not parse.
+fn integer_bucket_bound_end(line: &str, family: &str) -> Option<usize> {
+    let labels = line.strip_prefix(family)?.strip_prefix("_bucket{")?;
+    let bytes = line.as_bytes();
+    let mut at = line.len() - labels.len();
+    loop {
+        // A label name (anything up to `=`, as prometheus-client writes
+        // names unchecked), `="`, then the value up to its unescaped quote.
+        if *bytes.get(at)? == b'}' {
+            return None;
+        }
+        let name_start = at;
+        while *bytes.get(at)? != b'=' {
+            at += 1;
+        }
+        let name = &line[name_start..at];
+        if *bytes.get(at + 1)? != b'"' {
+            return None;
+        }
+        at += 2;
+        let value_start = at;
+        loop {
+            match *bytes.get(at)? {
+                b'\\' => at += 2,
+                b'"' => break,
+                _ => at += 1,
+            }
+        }
+        if name == "le" {
+            let value = &line[value_start..at];
+            let digits = value.strip_prefix('-').unwrap_or(value);
+            let integer = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
+            return integer.then_some(at);
+        }
+        at += 1;
+        match *bytes.get(at)? {
+            b',' => at += 1,
+            _ => return None,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -139,6 +191,112 @@ mod tests {
             for le in ["le=\"0.2\"", "le=\"1.0\"", "le=\"10.0\"", "le=\"+Inf\""] {
                 assert!(text.contains(le), "{format:?} lacks {le}: {text}");
             }
+        }
+    }
+
+    /// Writes a histogram family with `le="1"` after `labels`, the way
+    /// prometheus-client's text 0.0.4 encoder does, and returns the line
+    /// `float_bucket_bounds` makes of it.
+    fn rewritten_bucket(labels: &str) -> String {
+        let text = format!("# HELP h Test.\n# TYPE h histogram\nh_bucket{{{labels}le=\"1\"}} 1\n");
+        let out = float_bucket_bounds(&text);
+        out.lines().nth(2).expect("the bucket line").to_owned()
+    }
+
+    #[test]
+    fn only_the_le_label_of_a_bucket_is_rewritten() {
+        // Label names ending in `le`.
+        assert_eq!(
+            rewritten_bucket(r#"role="5","#),
+            r#"h_bucket{role="5",le="1.0"} 1"#
+        );
+        assert_eq!(
+            rewritten_bucket(r#"role="x",module="7",file="3","#),
+            r#"h_bucket{role="x",module="7",file="3",le="1.0"} 1"#
+        );
+        // Values that contain `le="…"`, `,le="`, escaped quotes and an
+        // escaped backslash right before the closing quote.
+        for labels in [
+            r#"module="le=\"1\"","#,
+            r#"path="a,le=\"2","#,
+            r#"path="x\",le=\"3\"","#,
+            r#"path="C:\\","#,
+            r#"path="C:\\\"",q="le=","#,
+            r#"path="line\nle=\"4\"","#,
+        ] {
+            assert_eq!(
+                rewritten_bucket(labels),
+                format!(r#"h_bucket{{{labels}le="1.0"}} 1"#),
+                "{labels}"
+            );
+        }
+        // Bounds that are not integers, and a label that is not `le`.
+        let text = "# TYPE h histogram\n\
+                    h_bucket{le=\"0.25\"} 1\n\
+                    h_bucket{le=\"+Inf\"} 1\n\
+                    h_bucket{le=\"1e+06\"} 1\n\
+                    h_bucket{le=\"-\"} 1\n\
+                    h_bucket{ale=\"1\"} 1\n\
+                    h_bucket{le=\"-2\"} 1\n\
+                    h_sum{le=\"1\"} 1\n";
+        assert_eq!(
+            float_bucket_bounds(text),
+            text.replace(r#"le="-2""#, r#"le="-2.0""#)
+        );
+    }
+
+    #[test]
+    fn samples_outside_histograms_are_left_alone() {
+        let text = "# TYPE g_bucket gauge\n\
+                    g_bucket{le=\"1\"} 1\n\
+                    # TYPE h histogram\n\
+                    h_bucket{le=\"1\"} 1\n\
+                    # TYPE c counter\n\
+                    c_total{path=\"h_bucket{le=\\\"1\\\"}\"} 1\n\
+                    h_bucket{le=\"1\"} 1\n\
+                    # TYPE h2 histogram\n\
+                    h2_bucket{a=\"1\"\n\
+                    h2_bucket{le=\"2\",} 1\n\
+                    h2_bucket{} 1\n";
+        let expected = "# TYPE g_bucket gauge\n\
+                        g_bucket{le=\"1\"} 1\n\
+                        # TYPE h histogram\n\
+                        h_bucket{le=\"1.0\"} 1\n\
+                        # TYPE c counter\n\
+                        c_total{path=\"h_bucket{le=\\\"1\\\"}\"} 1\n\
+                        h_bucket{le=\"1\"} 1\n\
+                        # TYPE h2 histogram\n\
+                        h2_bucket{a=\"1\"\n\
+                        h2_bucket{le=\"2.0\",} 1\n\
+                        h2_bucket{} 1\n";
+        assert_eq!(float_bucket_bounds(text), expected);
+    }
+
+    #[test]
+    fn label_values_with_le_text_survive_encoding() {
+        use prometheus_client::metrics::family::Family;
+        use prometheus_client::metrics::histogram::Histogram;
+        let mut registry = Registry::default();
+        let family = Family::<Vec<(String, String)>, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.5, 1.0, 10.0])
+        });
+        let labels: Vec<(String, String)> = [
+            ("role", "5"),
+            ("module", r#"le="1""#),
+            ("path", r#"a,le="2"#),
+            ("file", "C:\\"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        family.get_or_create(&labels).observe(0.7);
+        registry.register("req_seconds", "Test.", family);
+        let text = encode(&registry, Format::PrometheusText).unwrap();
+        let prefix =
+            r#"req_seconds_bucket{role="5",module="le=\"1\"",path="a,le=\"2",file="C:\\","#;
+        for (le, count) in [("0.5", 0), ("1.0", 1), ("10.0", 1), ("+Inf", 1)] {
+            let line = format!(r#"{prefix}le="{le}"}} {count}"#);
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Heap allocations per request: once its series exists, the metrics layer
-//! allocates nothing beyond what axum allocates for any `Router::layer`.
+//! allocates nothing beyond what axum allocates for any `Router::layer`, and
+//! scanner traffic leaves nothing behind on the heap.
 //!
 //! A separate test binary because it installs a counting global allocator.
 //! Counting is per thread, so the harness's other threads do not interfere.
@@ -24,33 +25,44 @@ struct CountingAllocator;
 
 thread_local! {
     static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    /// Bytes allocated minus bytes freed by this thread.
+    static LIVE_BYTES: Cell<i64> = const { Cell::new(0) };
 }
 
 fn count_one() {
     let _ = ALLOCATIONS.try_with(|c| c.set(c.get() + 1));
 }
 
+fn count_bytes(allocated: usize, freed: usize) {
+    let delta = allocated as i64 - freed as i64;
+    let _ = LIVE_BYTES.try_with(|c| c.set(c.get() + delta));
+}
+
 // SAFETY: forwards every call unchanged to the system allocator.
 unsafe impl GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count_one();
+        count_bytes(layout.size(), 0);
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count_one();
+        count_bytes(layout.size(), 0);
         // SAFETY: same contract as the caller's.
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count_one();
+        count_bytes(new_size, layout.size());
         // SAFETY: same contract as the caller's.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        count_bytes(0, layout.size());
         // SAFETY: same contract as the caller's.
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -61,6 +73,10 @@ static GLOBAL: CountingAllocator = CountingAllocator;
 
 fn allocations() -> u64 {
     ALLOCATIONS.with(Cell::get)
+}
+
+fn live_bytes() -> i64 {
+    LIVE_BYTES.with(Cell::get)
 }
 
 /// A layer that does nothing: the baseline cost of `Router::layer`.
@@ -266,4 +282,67 @@ fn a_sink_costs_no_allocation_unless_there_is_a_user_id() {
     let router = prepared(Router::new().route(ROUTE, get(handler)).layer(layer));
     // The request carries no x-user-id: still nothing.
     assert_eq!(allocations_per_request(router), empty);
+}
+
+/// Scanner traffic: `OKR_SCANNER_PATHS` (default 100,000) requests, each for
+/// a raw path never seen before — 404s, ids under a route template, paths
+/// below a template that match nothing — with standard and odd methods,
+/// leave the heap exactly where the first thousand left it: the layer keeps
+/// nothing per path (`tests/integration/http_metrics.rs` checks that the
+/// exposition's series stay the same).
+#[test]
+fn scanner_traffic_leaves_nothing_on_the_heap() {
+    const WARM_UP: usize = 1_000;
+    const METHODS: [&str; 4] = ["GET", "POST", "PROPFIND", "HEAD"];
+    let total = std::env::var("OKR_SCANNER_PATHS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000_usize)
+        .max(WARM_UP + 1);
+    let mut registry = Registry::default();
+    let mut router = prepared(
+        Router::new()
+            .route(ROUTE, get(handler))
+            .layer(HttpMetricsLayer::new(&mut registry)),
+    );
+    // Every request number gives a new path; the kinds of request (and so
+    // the series they land in) repeat every 12, well within the warm-up.
+    let mut send = |n: usize| {
+        let path = match n % 3 {
+            0 => format!("/{n:x}/wp-login.php"),
+            1 => format!("/api/followups/{n}"),
+            _ => format!("/api/followups/{n}/.env"),
+        };
+        let method = http::Method::from_bytes(METHODS[n % METHODS.len()].as_bytes()).unwrap();
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .body(Body::empty())
+            .unwrap();
+        let response = Service::<Request<Body>>::call(&mut router, request)
+            .now_or_never()
+            .expect("handlers complete without waiting")
+            .unwrap_or_else(|never: Infallible| match never {});
+        response.status().as_u16()
+    };
+    let mut statuses = std::collections::BTreeSet::new();
+    for n in 0..WARM_UP {
+        statuses.insert(send(n));
+    }
+    assert_eq!(
+        statuses.into_iter().collect::<Vec<_>>(),
+        [200, 404, 405],
+        "the warm-up saw every kind of request"
+    );
+    let before = live_bytes();
+    for n in WARM_UP..total {
+        send(n);
+    }
+    let retained = live_bytes() - before;
+    assert_eq!(
+        retained,
+        0,
+        "{retained} bytes kept after {} new paths",
+        total - WARM_UP
+    );
 }

@@ -415,10 +415,24 @@ impl RouteSeries {
     }
 
     /// Calls `f(method, status, counters)` for every series of this route.
+    ///
+    /// A slot's series is read before its key. Whoever initialises a slot's
+    /// series has first seen the slot's key set to its own (claimed it with
+    /// the CAS in [`observe`](Self::observe), or Acquire-loaded it), and
+    /// `OnceLock` publishes the initialisation with Release: a walk that sees
+    /// the series therefore sees its key. Read the other way round, a walk
+    /// racing a series' first observation could load the key while still 0,
+    /// then find the series, and expose a request under method 0 (`GET`) and
+    /// status 0 — which also moved it between methods in the in-flight gauge.
+    /// The writer's order is untouched, so the hot path costs the same.
     pub(crate) fn for_each_series(&self, mut f: impl FnMut(u8, u16, &SeriesCounters)) {
         for (key, series) in self.keys.iter().zip(&self.series) {
+            let Some(counters) = series.get() else {
+                continue;
+            };
             let key = key.load(Ordering::Acquire);
-            if let Some(counters) = series.get() {
+            debug_assert_ne!(key, 0, "a series exists only once its key is set");
+            if key != 0 {
                 f((key >> 10) as u8, key & 0x3ff, counters);
             }
         }
@@ -730,6 +744,128 @@ mod tests {
             .collect();
         let expected: Vec<(u8, u16, u64)> = pairs.iter().map(|&(m, s)| (m, s, 3)).collect();
         assert_eq!(seen, expected);
+    }
+
+    /// A scrape that walks a route while its first observations are being
+    /// recorded sees only series some request produced, and never more
+    /// finished requests than started ones. The race is narrow (a writer
+    /// must claim and fill a slot between a walk reading the slot's key and
+    /// its series), so writers fill fresh routes in rounds, with more
+    /// threads than the machine has cores, for `OKR_RACE_TEST_MILLIS`
+    /// (default 1 s). Reading the key first failed this within 100 ms.
+    #[test]
+    fn scrapes_racing_first_observations_see_only_produced_series() {
+        use std::collections::HashSet;
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Barrier, RwLock};
+        use std::time::{Duration, Instant};
+
+        const WRITERS: usize = 3;
+        const READERS: usize = 2;
+        const KEYS_PER_WRITER: u16 = 30;
+        let budget = Duration::from_millis(
+            std::env::var("OKR_RACE_TEST_MILLIS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1000),
+        );
+        // (method, status) pairs the writers record: never GET (index 0)
+        // and never status 0, so a key read as 0 shows up as both.
+        let key_of = |writer: usize, i: u16| (1 + (i % 9) as u8, 200 + 100 * writer as u16 + i);
+        let produced: HashSet<(u8, u16)> = (0..WRITERS)
+            .flat_map(|w| (0..KEYS_PER_WRITER).map(move |i| key_of(w, i)))
+            .collect();
+        assert!(
+            produced.len() > SERIES_SLOTS,
+            "the overflow list takes part too"
+        );
+
+        let buckets = Buckets::new(&DEFAULT, &DEFAULT);
+        let current = RwLock::new(Arc::new(RouteSeries::new(Arc::from("/r"), 4)));
+        let round_start = Barrier::new(WRITERS);
+        let round_end = Barrier::new(WRITERS);
+        let done = AtomicBool::new(false);
+        let deadline = Instant::now() + budget;
+        let failures = Mutex::new(Vec::<String>::new());
+        let fail = |failure: String| {
+            let mut failures = failures.lock().unwrap();
+            if failures.len() < 100 {
+                failures.push(failure);
+            }
+        };
+        let scrapes = AtomicUsize::new(0);
+        let rounds = AtomicUsize::new(0);
+
+        std::thread::scope(|scope| {
+            for writer in 0..WRITERS {
+                let (buckets, current, done) = (&buckets, &current, &done);
+                let (round_start, round_end, rounds) = (&round_start, &round_end, &rounds);
+                scope.spawn(move || {
+                    loop {
+                        if writer == 0 {
+                            let fresh = RouteSeries::new(Arc::from("/r"), 4);
+                            *current.write().unwrap() = Arc::new(fresh);
+                            rounds.fetch_add(1, Ordering::Relaxed);
+                            if Instant::now() >= deadline {
+                                done.store(true, Ordering::Relaxed);
+                            }
+                        }
+                        round_start.wait();
+                        if done.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        let route = Arc::clone(&current.read().unwrap());
+                        let shard = thread_shard();
+                        for i in 0..KEYS_PER_WRITER {
+                            let (method, status) = key_of(writer, i);
+                            route.start(shard, method);
+                            route.observe(buckets, shard, method, status, 1_000);
+                        }
+                        round_end.wait();
+                    }
+                });
+            }
+            for _ in 0..READERS {
+                let (buckets, current, done) = (&buckets, &current, &done);
+                let (produced, fail, scrapes) = (&produced, &fail, &scrapes);
+                scope.spawn(move || {
+                    while !done.load(Ordering::Relaxed) {
+                        let route = Arc::clone(&current.read().unwrap());
+                        // As the exposition does: finished first, then started.
+                        let mut finished = [0u64; METHOD_COUNT];
+                        route.for_each_series(|method, status, counters| {
+                            if !produced.contains(&(method, status)) {
+                                fail(format!("phantom series: method {method}, status {status}"));
+                            }
+                            if let Some(total) = finished.get_mut(usize::from(method)) {
+                                *total += counters
+                                    .bucket_counts(buckets.len_with_inf())
+                                    .iter()
+                                    .sum::<u64>();
+                            }
+                        });
+                        for (method, &finished) in finished.iter().enumerate() {
+                            let started = route.started(method);
+                            if finished > started {
+                                fail(format!(
+                                    "method {method}: {finished} finished, {started} started"
+                                ));
+                            }
+                        }
+                        scrapes.fetch_add(1, Ordering::Relaxed);
+                    }
+                });
+            }
+        });
+        let failures = failures.into_inner().unwrap();
+        assert!(
+            failures.is_empty(),
+            "bad scrapes among {} over {} rounds: {:?}",
+            scrapes.load(Ordering::Relaxed),
+            rounds.load(Ordering::Relaxed),
+            &failures[..failures.len().min(5)],
+        );
+        assert!(scrapes.load(Ordering::Relaxed) > 0);
     }
 
     #[test]

@@ -583,6 +583,47 @@ fn api_latency_shows_uptime_over_the_selected_range() {
     assert!(ratio.contains(" or 0 * "), "{ratio}");
 }
 
+/// A ratio of the responses with some status codes to all responses reads 0
+/// when none of them had such a code: a status code that never occurred has
+/// no series, so its numerator needs an `or 0 * <all responses>` fallback
+/// (without one, "Server error ratio (5xx) by route" read "No data" on a
+/// healthy system). Routes without traffic stay absent, as the denominator
+/// keeps its `> 0`.
+#[test]
+fn status_code_ratios_read_zero_when_no_response_matched() {
+    let mut ratios = Vec::new();
+    for (name, dashboard) in dashboards() {
+        for panel in all_panels(&dashboard) {
+            for (ref_id, expr) in panel_exprs(panel) {
+                let by_status = expr.contains("http_response_status_code=~")
+                    || expr.contains("http_response_status_code!~");
+                if !(by_status && expr.contains(" / ")) {
+                    continue;
+                }
+                let (numerator, denominator) = expr.rsplit_once(" / ").unwrap();
+                assert!(
+                    numerator.contains(" or 0 * "),
+                    "{name}: panel {:?} query {ref_id} has no series, not 0, when no \
+                     response has the status codes it counts: {expr}",
+                    title(panel)
+                );
+                assert!(
+                    denominator.trim_end_matches(')').ends_with("> 0"),
+                    "{name}: panel {:?} query {ref_id} divides by a rate that may be 0: {expr}",
+                    title(panel)
+                );
+                ratios.push(title(panel));
+            }
+        }
+    }
+    assert!(
+        ratios
+            .iter()
+            .any(|t| t == "Server error ratio (5xx) by route"),
+        "{ratios:?}"
+    );
+}
+
 /// Rows only group panels: they carry no query, so they need neither a data
 /// source nor a description.
 #[test]

@@ -273,8 +273,23 @@ fn series_count(samples: &[Sample]) -> usize {
     series.len()
 }
 
-#[tokio::test]
-async fn scanner_traffic_does_not_grow_the_series() {
+/// Requests of the scanner tests: `OKR_SCANNER_PATHS`, default 100,000.
+fn scanner_paths() -> usize {
+    std::env::var("OKR_SCANNER_PATHS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000)
+}
+
+/// Scanner traffic — every request a raw path never seen before (404s, and
+/// ids under a route template), half of them with odd methods — leaves the
+/// series where the first thousand requests left them: the route label stays
+/// a template or the unmatched value, so neither the exposition nor the
+/// store grows with the paths (`tests/http_metrics_alloc.rs` checks the
+/// heap). `OKR_SCANNER_PATHS` raises the count (default 100,000, a few
+/// seconds).
+#[test]
+fn scanner_traffic_does_not_grow_the_series() {
     const ODD_METHODS: [&str; 6] = ["PROPFIND", "FOO", "M-SEARCH", "DEBUG", "TRACK", "X"];
     const STANDARD: [Method; 5] = [
         Method::GET,
@@ -283,20 +298,22 @@ async fn scanner_traffic_does_not_grow_the_series() {
         Method::PUT,
         Method::DELETE,
     ];
+    const WARM_UP: usize = 1_000;
+    let total = scanner_paths().max(WARM_UP + 1);
     let mut registry = Registry::default();
     let app = followups_app(&mut registry);
     let mut rng = StdRng::seed_from_u64(0x5ca1ab1e);
 
-    let random_request = |rng: &mut StdRng| {
-        let segments = rng.random_range(1..5);
-        let mut path = String::new();
-        for _ in 0..segments {
+    // The request number makes every path distinct.
+    let scanner_request = |rng: &mut StdRng, n: usize| {
+        let mut path = format!("/{n:x}");
+        for _ in 0..rng.random_range(0..4) {
             let len = rng.random_range(1..12);
             path.push('/');
             path.extend((0..len).map(|_| rng.sample(rand::distr::Alphanumeric) as char));
         }
         if rng.random_bool(0.2) {
-            path = format!("/api/followups/{}", rng.random::<u64>());
+            path = format!("/api/followups/{n}-{}", rng.random::<u32>());
         }
         let method = if rng.random_bool(0.5) {
             Method::from_bytes(ODD_METHODS[rng.random_range(0..ODD_METHODS.len())].as_bytes())
@@ -311,16 +328,25 @@ async fn scanner_traffic_does_not_grow_the_series() {
             .expect("valid request")
     };
 
+    let mut router = app.with_state(());
     let mut after_warm_up = 0;
-    for i in 0..10_000 {
-        let request = random_request(&mut rng);
-        let _ = app.clone().oneshot(request).await;
-        if i == 999 {
+    for n in 0..total {
+        let request = scanner_request(&mut rng, n);
+        let response = Service::<Request<Body>>::call(&mut router, request)
+            .now_or_never()
+            .expect("handlers complete without waiting")
+            .unwrap_or_else(|never: Infallible| match never {});
+        drop(response);
+        if n + 1 == WARM_UP {
             after_warm_up = series_count(&scrape(&registry));
         }
     }
     let samples = scrape(&registry);
-    assert_eq!(series_count(&samples), after_warm_up);
+    assert_eq!(
+        series_count(&samples),
+        after_warm_up,
+        "series after {WARM_UP} requests and after {total}"
+    );
 
     // Every route label is a template or the unmatched value.
     let routes: std::collections::BTreeSet<&str> = samples
@@ -343,12 +369,12 @@ async fn scanner_traffic_does_not_grow_the_series() {
         methods.iter().all(|m| !ODD_METHODS.contains(m)),
         "{methods:?}"
     );
-    let total: f64 = samples
+    let counted: f64 = samples
         .iter()
         .filter(|s| s.name == "http_server_request_duration_seconds_count")
         .map(|s| s.value)
         .sum();
-    assert_eq!(total, 10_000.0);
+    assert_eq!(counted, total as f64);
 }
 
 /// Calls a router synchronously; the handlers used here never wait.
@@ -474,4 +500,174 @@ async fn layer_on_a_single_handler_sees_the_route_template() {
         duration_count(&samples, "GET", "/api/followups/{id}/analytics", "200"),
         Some(1.0)
     );
+}
+
+/// Milliseconds a timed stress test runs: `OKR_RACE_TEST_MILLIS`, default
+/// `default`.
+fn stress_millis(default: u64) -> Duration {
+    Duration::from_millis(
+        std::env::var("OKR_RACE_TEST_MILLIS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default),
+    )
+}
+
+/// Scrapes that race the first request of many new (route, method, status)
+/// series show only series some request produced: end to end, through the
+/// router and the exposition, what `store.rs`'s
+/// `scrapes_racing_first_observations_see_only_produced_series` checks on the
+/// store. That one catches a walk that reads a slot's key before its series
+/// within a fraction of a second; this one, whose scrapes spend most of their
+/// time encoding, caught it in one of two ten-second runs. Each
+/// round registers a fresh layer, so every request of a round creates its
+/// series; a layer's state lives for the process (~100 KB a round here),
+/// hence the short default (`OKR_RACE_TEST_MILLIS`, 500 ms) and the cap on
+/// rounds. More threads than cores make the scrapers lose their CPU mid-walk
+/// often, and one bucket bound keeps a scrape short.
+#[test]
+fn scrapes_racing_new_series_show_only_series_requests_produced() {
+    use std::collections::BTreeSet;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier, Mutex, RwLock};
+    use std::time::Instant;
+
+    const WRITERS: usize = 3;
+    const SCRAPERS: usize = 2;
+    const ROUTES: usize = 2;
+    const KEYS_PER_WRITER: u16 = 24;
+    const MAX_ROUNDS: usize = 3_000;
+    // Never GET or HEAD, so a series read with a method index of 0 stands out.
+    const METHODS: [&str; 7] = ["POST", "PUT", "DELETE", "OPTIONS", "PATCH", "TRACE", "FOO"];
+    fn method_label(method: &str) -> &str {
+        if method == "FOO" { "_OTHER" } else { method }
+    }
+    let request_of = |writer: usize, i: u16| {
+        let method = METHODS[usize::from(i) % METHODS.len()];
+        let status = 200 + 100 * writer as u16 + i;
+        (method, status)
+    };
+    let routes: Vec<String> = (0..ROUTES)
+        .map(|r| format!("/race/{r}/{{status}}"))
+        .collect();
+    let mut produced = BTreeSet::new();
+    let mut produced_in_flight = BTreeSet::new();
+    for route in &routes {
+        for writer in 0..WRITERS {
+            for i in 0..KEYS_PER_WRITER {
+                let (method, status) = request_of(writer, i);
+                let method = method_label(method);
+                produced.insert(format!(
+                    "http_request_method=\"{method}\",http_route=\"{route}\",http_response_status_code=\"{status}\""
+                ));
+                produced_in_flight.insert(format!(
+                    "http_request_method=\"{method}\",http_route=\"{route}\""
+                ));
+            }
+        }
+    }
+
+    let new_round = || {
+        let mut registry = Registry::default();
+        let layer = HttpMetricsLayer::builder()
+            .buckets([0.1])
+            .latency_targets::<&str>([])
+            .register(&mut registry);
+        let mut app = Router::new();
+        for route in &routes {
+            app = app.route(
+                route,
+                axum::routing::any(
+                    |axum::extract::Path(status): axum::extract::Path<u16>| async move {
+                        StatusCode::from_u16(status).expect("valid status")
+                    },
+                ),
+            );
+        }
+        Arc::new((registry, app.layer(layer)))
+    };
+    let current = RwLock::new(new_round());
+    let round_start = Barrier::new(WRITERS);
+    let round_end = Barrier::new(WRITERS);
+    let done = AtomicBool::new(false);
+    let deadline = Instant::now() + stress_millis(500);
+    let failures = Mutex::new(Vec::<String>::new());
+    let fail = |failure: String| {
+        let mut failures = failures.lock().expect("failures lock");
+        if failures.len() < 20 {
+            failures.push(failure);
+        }
+    };
+    let (scrapes, rounds) = (AtomicUsize::new(0), AtomicUsize::new(0));
+
+    std::thread::scope(|scope| {
+        for writer in 0..WRITERS {
+            let (current, done, new_round) = (&current, &done, &new_round);
+            let (round_start, round_end, rounds, routes) =
+                (&round_start, &round_end, &rounds, &routes);
+            scope.spawn(move || {
+                loop {
+                    if writer == 0 {
+                        *current.write().expect("round lock") = new_round();
+                        let round = rounds.fetch_add(1, Ordering::Relaxed) + 1;
+                        if Instant::now() >= deadline || round >= MAX_ROUNDS {
+                            done.store(true, Ordering::Relaxed);
+                        }
+                    }
+                    round_start.wait();
+                    if done.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let mut router = current.read().expect("round lock").1.clone();
+                    for i in 0..KEYS_PER_WRITER {
+                        for route in routes {
+                            let (method, status) = request_of(writer, i);
+                            let uri = route.replace("{status}", &status.to_string());
+                            let method = Method::from_bytes(method.as_bytes()).expect("method");
+                            assert_eq!(call_now(&mut router, method, &uri).as_u16(), status);
+                        }
+                    }
+                    round_end.wait();
+                }
+            });
+        }
+        let (current, done, fail, scrapes) = (&current, &done, &fail, &scrapes);
+        let (produced, produced_in_flight) = (&produced, &produced_in_flight);
+        for _ in 0..SCRAPERS {
+            scope.spawn(move || {
+                let mut text = String::new();
+                while !done.load(Ordering::Relaxed) {
+                    let round = Arc::clone(&current.read().expect("round lock"));
+                    text.clear();
+                    prometheus_client::encoding::text::encode(&mut text, &round.0).expect("encode");
+                    for line in text.lines() {
+                        let labels = |prefix: &str| {
+                            line.strip_prefix(prefix)
+                                .and_then(|rest| rest.rsplit_once("} "))
+                                .map(|(labels, _)| labels)
+                        };
+                        if let Some(labels) = labels("http_server_request_duration_seconds_count{")
+                        {
+                            if !produced.contains(labels) {
+                                fail(format!("no request produced {line}"));
+                            }
+                        } else if let Some(labels) = labels("http_server_active_requests{")
+                            && !produced_in_flight.contains(labels)
+                        {
+                            fail(format!("no request produced {line}"));
+                        }
+                    }
+                    scrapes.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().expect("failures lock");
+    assert!(
+        failures.is_empty(),
+        "bad scrapes among {} over {} rounds: {failures:#?}",
+        scrapes.load(Ordering::Relaxed),
+        rounds.load(Ordering::Relaxed),
+    );
+    assert!(scrapes.load(Ordering::Relaxed) > 0);
 }
