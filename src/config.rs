@@ -16,6 +16,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::serve::ServeOptions;
+
 /// Top-level command line of the `okr-exporter` binary.
 #[derive(Debug, Parser)]
 #[command(
@@ -183,6 +185,29 @@ pub struct CommonArgs {
         default_value = "x-user-id"
     )]
     pub request_log_user_header: String,
+
+    /// Time a connection has to send complete request headers, from its
+    /// acceptance or its previous response (also closes idle keep-alive
+    /// connections) [default: 10s].
+    #[arg(long, env = "OKR_HTTP_HEADER_READ_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub http_header_read_timeout: Option<Duration>,
+
+    /// Time a request body has to arrive once the headers have; later: 408
+    /// [default: 10s].
+    #[arg(long, env = "OKR_HTTP_BODY_READ_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub http_body_read_timeout: Option<Duration>,
+
+    /// Time from the request headers to the response; later: 408 if the body
+    /// is still missing, else 503 [default: 30s].
+    #[arg(long, env = "OKR_HTTP_REQUEST_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub http_request_timeout: Option<Duration>,
+
+    /// Most open HTTP connections; at the cap the longest-idle one is closed
+    /// for each new one [default: the file-descriptor limit less 64, at
+    /// most 1024].
+    #[arg(long, env = "OKR_HTTP_MAX_CONNECTIONS", global = true,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub http_max_connections: Option<u32>,
 }
 
 /// `serve` options.
@@ -546,6 +571,8 @@ pub struct Settings {
     pub request_log_retention: Duration,
     /// Request log user header.
     pub request_log_user_header: String,
+    /// Timeouts and connection cap of the HTTP server.
+    pub http: ServeOptions,
 }
 
 /// A configuration problem found while resolving [`Settings`].
@@ -703,7 +730,29 @@ impl CommonArgs {
             request_log: self.request_log,
             request_log_retention: self.request_log_retention,
             request_log_user_header: self.request_log_user_header.clone(),
+            http: self.http_options(),
         })
+    }
+
+    /// The HTTP server's options: the flags over [`ServeOptions`]' defaults.
+    fn http_options(&self) -> ServeOptions {
+        let defaults = ServeOptions::default();
+        ServeOptions {
+            header_read_timeout: self
+                .http_header_read_timeout
+                .unwrap_or(defaults.header_read_timeout),
+            body_read_timeout: self
+                .http_body_read_timeout
+                .unwrap_or(defaults.body_read_timeout),
+            request_timeout: self
+                .http_request_timeout
+                .unwrap_or(defaults.request_timeout),
+            max_connections: self
+                .http_max_connections
+                .map(|n| n as usize)
+                .or(defaults.max_connections),
+            ..defaults
+        }
     }
 }
 
@@ -768,6 +817,7 @@ impl Settings {
             request_log: false,
             request_log_retention: Duration::from_secs(30 * 86_400),
             request_log_user_header: "x-user-id".to_owned(),
+            http: ServeOptions::default(),
         }
     }
 

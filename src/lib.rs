@@ -8,10 +8,12 @@
 
 pub mod api_error;
 pub mod backfill;
+pub mod backoff;
 pub mod check;
 pub mod collector;
 pub mod config;
 pub mod db;
+pub mod db_availability;
 pub mod demo;
 pub mod embedded_pg;
 pub mod exposition;
@@ -20,4 +22,5 @@ pub mod ingest;
 pub mod landing;
 pub mod report;
 pub mod request_log;
+pub mod serve;
 pub mod server;

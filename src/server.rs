@@ -23,8 +23,10 @@ use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
 use crate::api_error::ApiError;
+use crate::backoff::Backoff;
 use crate::collector::{self, CollectorMetrics, Scheduler, SnapshotStore};
 use crate::config::{Secret, Settings};
+use crate::db_availability::{CollectorHealth, DatabaseAvailability};
 use crate::exposition;
 use crate::http_metrics::HttpMetricsLayer;
 use crate::request_log::{self, RequestLogOptions, RequestLogWriter};
@@ -76,6 +78,9 @@ pub struct AppState {
     pub store: Arc<SnapshotStore>,
     /// True once migrations are applied.
     pub migrated: Arc<AtomicBool>,
+    /// Whether ingestion may use the database now (refused at once while
+    /// it is known to be down).
+    pub database: Arc<DatabaseAvailability>,
 }
 
 /// The exporter: state, router and background work, ready to run.
@@ -127,8 +132,12 @@ impl Exporter {
             pool.clone(),
             Arc::clone(&settings),
             Arc::clone(&store),
-            metrics,
+            metrics.clone(),
         );
+        // The collector's up flag speaks for the primary only when it polls it.
+        let collector_health = settings.database_read_url.is_none().then(|| {
+            CollectorHealth::new(&metrics, scheduler.collectors().iter().map(|c| c.name()))
+        });
         let state = AppState {
             registry: Arc::new(registry),
             settings,
@@ -136,6 +145,7 @@ impl Exporter {
             read_pool,
             store,
             migrated: Arc::new(AtomicBool::new(false)),
+            database: Arc::new(DatabaseAvailability::new(collector_health)),
         };
         Ok(Self {
             state,
@@ -160,9 +170,11 @@ impl Exporter {
         router(self.state.clone()).layer(self.http_metrics.clone())
     }
 
-    /// Serves on `listener` until `shutdown` completes, with migrations and
-    /// collection running in the background. The database may be down at
-    /// start-up: `/metrics` answers at once and the rest catches up.
+    /// Serves on `listener` until `shutdown` completes, within the timeouts
+    /// and connection cap of `settings.http` ([`crate::serve`]), with
+    /// migrations and collection running in the background. The database
+    /// may be down at start-up: `/metrics` answers at once and the rest
+    /// catches up.
     pub async fn run(
         self,
         listener: TcpListener,
@@ -179,15 +191,13 @@ impl Exporter {
         let app = self.router();
         let addr = listener.local_addr().ok();
         tracing::info!(?addr, "serving /metrics");
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await;
+        crate::serve::serve(listener, app, self.state.settings.http.clone(), shutdown).await;
         bootstrap.abort();
         collection.abort();
         if let Some(writer) = self.request_log {
             writer.shutdown().await;
         }
-        served.map_err(ServerError::Serve)
+        Ok(())
     }
 }
 
@@ -238,7 +248,8 @@ pub async fn bind(addr: std::net::SocketAddr) -> Result<TcpListener, ServerError
 /// Applies migrations (and source indexes when asked), retrying with
 /// backoff until the database is reachable.
 async fn bootstrap(state: AppState) {
-    let mut backoff = Duration::from_millis(250);
+    // Jittered, so replicas do not all retry at the same instant.
+    let mut backoff = Backoff::new(Duration::from_millis(250), Duration::from_secs(30));
     loop {
         match db::migrate(&state.pool).await {
             Ok(()) => {
@@ -247,9 +258,9 @@ async fn bootstrap(state: AppState) {
                 break;
             }
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "database not ready");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                let retry_in = backoff.next_delay();
+                tracing::warn!(error = %e, ?retry_in, "database not ready");
+                tokio::time::sleep(retry_in).await;
             }
         }
     }

@@ -55,6 +55,7 @@ pub use rollups::{ROLLUP_LOCK_KEY, RollupCollector, rollup_start};
 pub use snapshot::{Family, Sample, SnapshotStore};
 pub use targets::register_targets;
 
+use crate::backoff::Backoff;
 use crate::config::{Settings, Targets, Windows};
 
 /// What a collector run needs besides its connection.
@@ -401,18 +402,19 @@ impl Scheduler {
         let max_jitter = (interval / 10).min(Duration::from_secs(2));
         let jitter = rand::rng().random_range(0..=max_jitter.as_millis() as u64);
         tokio::time::sleep(Duration::from_millis(jitter)).await;
-        let mut backoff = Duration::from_secs(1);
+        // Retries after a failure are jittered too (and capped at the
+        // interval), so replicas do not all hit a recovering database at the
+        // same instant.
+        let mut backoff = Backoff::new(Duration::from_secs(1), interval);
         loop {
             let started = Instant::now();
             let result = self.run_one(c.as_ref(), Utc::now()).await;
             let wait = match result {
                 Err(CollectError::Unreachable(_)) | Err(CollectError::Timeout(_)) => {
-                    let wait = backoff.min(interval);
-                    backoff = (backoff * 2).min(interval);
-                    wait
+                    backoff.next_delay()
                 }
                 _ => {
-                    backoff = Duration::from_secs(1);
+                    backoff.reset();
                     interval
                 }
             };

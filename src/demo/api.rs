@@ -238,13 +238,12 @@ pub async fn serve_api(
         .map_err(std::io::Error::other)?;
     let max_creation_seconds = settings.max_creation_duration.as_secs_f64();
     let app = routes(pool, registry, metrics, Some(relay), max_creation_seconds);
-    let served = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await;
+    // The exporter's own server: the same timeouts and connection cap.
+    crate::serve::serve(listener, app, settings.http.clone(), shutdown).await;
     if let Some(writer) = writer {
         writer.shutdown().await;
     }
-    served
+    Ok(())
 }
 
 /// A JSON body whose rejections are [`ApiError`]s: 400 malformed, 413 too

@@ -89,6 +89,7 @@ async fn creation_time_errors_change_nothing() {
     let db = prepared_db().await;
     let published = Utc::now() - chrono::Duration::hours(1);
     let id = followup(&db, Some(published)).await;
+    let draft = followup(&db, None).await;
     let ex = exporter_with_token(&db).await;
     let good = json!({"followup_id": id, "duration_seconds": 321.5});
     let path = "/api/okr/creation-time";
@@ -238,6 +239,162 @@ async fn creation_time_errors_change_nothing() {
             Some("durationSeconds"),
             post_json(&ex, path, json!({"followup_id": id, "durationSeconds": 5})).await,
         ),
+        (
+            "draft",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("followup_id"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": draft, "duration_seconds": 5}),
+            )
+            .await,
+        ),
+        (
+            "published in 1970",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("published_at"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": id, "duration_seconds": 5,
+                "published_at": "1970-01-01T00:00:00Z"}),
+            )
+            .await,
+        ),
+        (
+            "published before the common era",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("published_at"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": id, "duration_seconds": 5,
+                "published_at": "-0001-12-31T00:00:00Z"}),
+            )
+            .await,
+        ),
+        (
+            "published 2 s off",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("published_at"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": id, "duration_seconds": 5,
+                "published_at": (published + chrono::Duration::seconds(2)).to_rfc3339()}),
+            )
+            .await,
+        ),
+        (
+            "started in 2020",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("started_at"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": id, "duration_seconds": 5,
+                "started_at": "2020-01-01T00:00:00Z"}),
+            )
+            .await,
+        ),
+        (
+            "started in year 0",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("started_at"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": id, "duration_seconds": 5,
+                "started_at": "0000-01-01T00:00:00Z"}),
+            )
+            .await,
+        ),
+        (
+            "started far in the future",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("started_at"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": id, "duration_seconds": 5,
+                "started_at": "9999-12-31T23:59:59Z"}),
+            )
+            .await,
+        ),
+        (
+            "start disagrees with the duration",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("started_at"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": id, "duration_seconds": 5,
+                "started_at": (published - chrono::Duration::seconds(100)).to_rfc3339()}),
+            )
+            .await,
+        ),
+        (
+            "unparsable time",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("started_at"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": id, "duration_seconds": 5, "started_at": "+10000-01-01T00:00:00Z"}),
+            )
+            .await,
+        ),
+        (
+            "repeated key",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("duration_seconds"),
+            post(
+                &ex,
+                path,
+                Some(TOKEN),
+                Some("application/json"),
+                format!(r#"{{"followup_id": "{id}", "duration_seconds": 5, "duration_seconds": 6}}"#),
+            )
+            .await,
+        ),
+        (
+            "nested value of the wrong type",
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("followup_id"),
+            post_json(
+                &ex,
+                path,
+                json!({"followup_id": {"id": [id]}, "duration_seconds": 5}),
+            )
+            .await,
+        ),
+        (
+            "number out of range",
+            StatusCode::BAD_REQUEST,
+            Some("duration_seconds"),
+            post(
+                &ex,
+                path,
+                Some(TOKEN),
+                Some("application/json"),
+                format!(r#"{{"followup_id": "{id}", "duration_seconds": 1e400}}"#),
+            )
+            .await,
+        ),
+        (
+            "trailing characters",
+            StatusCode::BAD_REQUEST,
+            None,
+            post(
+                &ex,
+                path,
+                Some(TOKEN),
+                Some("application/json"),
+                format!(r#"{{"followup_id": "{id}", "duration_seconds": 5}} {{}}"#),
+            )
+            .await,
+        ),
     ];
     for (what, status, field, (got, body)) in cases {
         assert_eq!(got, status, "{what}: {body}");
@@ -272,6 +429,32 @@ async fn creation_time_errors_change_nothing() {
     assert_eq!((n, dur), (1, 321.5));
     // Without published_at the follow-up's own publish time is used.
     assert_eq!(pub_at.timestamp_micros(), published.timestamp_micros());
+
+    // Client times within 1 s of the follow-up's are accepted; the
+    // follow-up's own publish time is what is stored.
+    let other = followup(&db, Some(published)).await;
+    let (status, body) = post_json(
+        &ex,
+        path,
+        json!({"followup_id": other, "duration_seconds": 120.25,
+            "started_at": (published - chrono::Duration::milliseconds(120_250 - 700)).to_rfc3339(),
+            "published_at": (published + chrono::Duration::milliseconds(900)).to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let (started, pub_at): (chrono::DateTime<Utc>, chrono::DateTime<Utc>) = sqlx::query_as(
+        "SELECT started_at, published_at FROM okr_creation_time WHERE followup_id = $1",
+    )
+    .bind(other)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(pub_at.timestamp_micros(), published.timestamp_micros());
+    assert_eq!(
+        (published - started).num_milliseconds(),
+        120_250 - 700,
+        "started_at stored as sent"
+    );
     ex.stop().await;
 }
 
@@ -392,13 +575,15 @@ async fn no_client_input_yields_a_server_error() {
                 .send()
                 .await
                 .unwrap();
+            // None of these is a valid event: nothing may be stored.
             assert!(
-                resp.status().is_client_error() || resp.status().is_success(),
+                resp.status().is_client_error(),
                 "{path} {body:?}: {}",
                 resp.status()
             );
         }
     }
+    assert_eq!(counts(&db).await, (0, 0));
     ex.stop().await;
 }
 
