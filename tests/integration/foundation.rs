@@ -136,6 +136,46 @@ async fn starts_without_database_and_recovers_when_it_appears() {
     drop(pg);
 }
 
+/// A fresh exporter, before any collection ran, already serves every
+/// counter of every known label set at 0, so rates and "no errors" panels
+/// read 0 instead of no data.
+#[tokio::test]
+async fn counters_exist_at_zero_before_anything_happened() {
+    let db = fresh_db().await;
+    let mut settings = settings_for(db.database_url());
+    // No collection during the test: the first poll is an hour away.
+    settings.collect_interval = Duration::from_secs(3600);
+    settings.request_log = true;
+    let exporter = start_exporter(settings).await;
+    let (status, text) = exporter.get("/metrics").await;
+    assert_eq!(status, 200);
+    let names: Vec<&str> = okr_exporter::collector::all_collectors()
+        .iter()
+        .map(|c| c.name())
+        .collect();
+    assert_eq!(names.len(), 8, "{names:?}");
+    for name in &names {
+        for counter in [
+            "okr_exporter_collections_total",
+            "okr_exporter_collection_errors_total",
+        ] {
+            let line = format!("{counter}{{collector=\"{name}\"}} 0");
+            assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+        }
+    }
+    for name in ["engagement", "mobile"] {
+        let line = format!("okr_exporter_reconcile_corrections_total{{collector=\"{name}\"}} 0");
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    for line in [
+        "okr_exporter_request_log_dropped_total 0",
+        "okr_exporter_request_log_rows_total 0",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing:\n{text}");
+    }
+    exporter.stop().await;
+}
+
 #[tokio::test]
 async fn readyz_turns_ready_once_migrated() {
     let db = fresh_db().await;
