@@ -146,13 +146,8 @@ pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
 ) -> Result<Vec<HistoryFamily>, sqlx::Error> {
-    let span = h.span();
-    let rows: Vec<(PgMicros, Option<PgMicros>, Option<PgMicros>)> = sqlx::query_as(HISTORY_SQL)
-        .bind(span.lo.to_datetime())
-        .bind(span.hi.to_datetime())
-        .fetch_all(conn)
-        .await?;
-    h.count_rows(rows.len());
+    let rows: Vec<(PgMicros, Option<PgMicros>, Option<PgMicros>)> =
+        h.read_span(conn, HISTORY_SQL).await?;
     let created: Vec<PgMicros> = rows.iter().map(|r| r.0).collect();
     // Outcome changes in time order: publishing makes a follow-up
     // published; deleting it first makes it deleted until then.

@@ -86,6 +86,26 @@ impl HistoryContext {
             .collect()
     }
 
+    /// The rows of `sql` over [`span`](Self::span) (its parameters: the
+    /// span's exclusive start and inclusive end), counted as read.
+    pub(crate) async fn read_span<T>(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        sql: &'static str,
+    ) -> Result<Vec<T>, sqlx::Error>
+    where
+        T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    {
+        let span = self.span();
+        let rows: Vec<T> = sqlx::query_as(sql)
+            .bind(span.lo.to_datetime())
+            .bind(span.hi.to_datetime())
+            .fetch_all(conn)
+            .await?;
+        self.count_rows(rows.len());
+        Ok(rows)
+    }
+
     /// Every instant that any window of any step covers: `(first − longest, last]`.
     pub(crate) fn span(&self) -> Span {
         let first = self

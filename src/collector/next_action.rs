@@ -47,13 +47,7 @@ pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
 ) -> Result<Vec<HistoryFamily>, sqlx::Error> {
-    let span = h.span();
-    let rows: Vec<(PgMicros, PgMicros)> = sqlx::query_as(HISTORY_SQL)
-        .bind(span.lo.to_datetime())
-        .bind(span.hi.to_datetime())
-        .fetch_all(conn)
-        .await?;
-    h.count_rows(rows.len());
+    let rows: Vec<(PgMicros, PgMicros)> = h.read_span(conn, HISTORY_SQL).await?;
     let times: Vec<PgMicros> = rows.iter().map(|r| r.0).collect();
     let delay: Vec<i128> = rows
         .iter()

@@ -91,19 +91,8 @@ async fn database(n: usize) -> (EmbeddedPostgres, PgPool, String, Vec<Uuid>) {
         .await
         .expect("schema");
     okr_exporter::db::migrate(&pool).await.expect("migrations");
+    let ids = crate::support::published_followups(&pool, n).await;
     let published = Utc::now() - chrono::Duration::hours(1);
-    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
-    sqlx::query(
-        "INSERT INTO followups (id, creator_id, status, created_at, published_at)
-         SELECT id, 'creator-' || (row_number() OVER () % 7), 'published', $2, $3
-         FROM unnest($1::uuid[]) AS id",
-    )
-    .bind(&ids)
-    .bind(published - chrono::Duration::minutes(20))
-    .bind(published)
-    .execute(&pool)
-    .await
-    .expect("follow-ups");
     sqlx::query(
         "INSERT INTO analytics_sessions (followup_id, visitor_id, device_type, started_at)
          SELECT id, 'v1', 'mobile', $2 FROM unnest($1::uuid[]) AS id",

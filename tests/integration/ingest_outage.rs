@@ -44,18 +44,7 @@ async fn cluster(n: usize) -> (EmbeddedPostgres, PgPool, Vec<Uuid>) {
         .await
         .expect("schema");
     okr_exporter::db::migrate(&pool).await.expect("migrations");
-    let published = Utc::now() - chrono::Duration::hours(1);
-    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::new_v4()).collect();
-    sqlx::query(
-        "INSERT INTO followups (id, creator_id, status, created_at, published_at)
-         SELECT id, 'c', 'published', $2, $3 FROM unnest($1::uuid[]) AS id",
-    )
-    .bind(&ids)
-    .bind(published - chrono::Duration::minutes(20))
-    .bind(published)
-    .execute(&pool)
-    .await
-    .expect("follow-ups");
+    let ids = crate::support::published_followups(&pool, n).await;
     (pg, pool, ids)
 }
 

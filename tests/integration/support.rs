@@ -182,3 +182,22 @@ pub async fn start_exporter(settings: okr_exporter::config::Settings) -> Running
         task: Some(task),
     }
 }
+
+/// Inserts `n` follow-ups published an hour ago (created 20 minutes before
+/// that), by creators `creator-0` … `creator-6`; returns their ids.
+pub async fn published_followups(pool: &PgPool, n: usize) -> Vec<uuid::Uuid> {
+    let published = chrono::Utc::now() - chrono::Duration::hours(1);
+    let ids: Vec<uuid::Uuid> = (0..n).map(|_| uuid::Uuid::new_v4()).collect();
+    sqlx::query(
+        "INSERT INTO followups (id, creator_id, status, created_at, published_at)
+         SELECT id, 'creator-' || (row_number() OVER () % 7), 'published', $2, $3
+         FROM unnest($1::uuid[]) AS id",
+    )
+    .bind(&ids)
+    .bind(published - chrono::Duration::minutes(20))
+    .bind(published)
+    .execute(pool)
+    .await
+    .expect("follow-ups");
+    ids
+}
