@@ -42,10 +42,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = cli.common.resolve()?;
     match cli.command {
         Command::Serve(_) => {
-            let listener = server::bind(settings.listen).await?;
-            server::Exporter::new(settings)?
-                .run(listener, server::shutdown_signal())
-                .await?;
+            // Configuration errors (no database) before the port is taken.
+            let listen = settings.listen;
+            let exporter = server::Exporter::new(settings)?;
+            let listener = server::bind(listen).await?;
+            exporter.run(listener, server::shutdown_signal()).await?;
         }
         Command::Migrate(_) => {
             let url = settings
