@@ -252,7 +252,9 @@ async fn outage_lock_and_killed_connections_never_take_metrics_down_nor_leak_sec
         "/metrics took {slowest:?}"
     );
     let down_after = down_after.expect("okr_exporter_up never read 0");
-    assert!(down_after < Duration::from_millis(2_500), "{down_after:?}");
+    // The next poll (≤ 1 s away) fails once it cannot get a connection
+    // within the query timeout (1 s); the rest is slack for a busy CI.
+    assert!(down_after < Duration::from_millis(3_500), "{down_after:?}");
     let dropped_after = dropped_after.expect("stale OKR values were still served");
     assert!(dropped_after < Duration::from_secs(6), "{dropped_after:?}");
     assert!(
