@@ -205,7 +205,11 @@ pub async fn write_history(
     .execute(&mut *tx)
     .await
     .map_err(db::ctx("configuring the transaction"))?;
-    let names = history_collectors();
+    // A disabled collector's families are absent here as on /metrics.
+    let names: Vec<&str> = history_collectors()
+        .into_iter()
+        .filter(|name| settings.collector_enabled(name))
+        .collect();
     let started = Instant::now();
     for (done, name) in names.iter().enumerate() {
         let t = Instant::now();

@@ -3,8 +3,10 @@
 //! Flags fall back to environment variables (clap `env`); the optional TOML
 //! file (`--config`) holds targets, windows, per-endpoint latency targets and
 //! collector intervals. A flag or variable wins over the file, the file over
-//! the built-in default. Every value is validated while parsing, so a bad
-//! value stops the program with one clear line before anything starts.
+//! the built-in default, and every built-in default is set in one place,
+//! [`Settings::for_database`], which [`CommonArgs::resolve`] starts from.
+//! Every value is validated while parsing, so a bad value stops the program
+//! with one clear line before anything starts.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -13,9 +15,10 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{ArgAction, ArgMatches, Args, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+use crate::collector::registry::{self, COLLECTORS};
 use crate::serve::ServeOptions;
 
 /// Top-level command line of the `okr-exporter` binary.
@@ -90,14 +93,9 @@ pub struct CommonArgs {
     #[arg(long, env = "DATABASE_READ_URL", global = true, hide_env_values = true)]
     pub database_read_url: Option<String>,
 
-    /// Address the exporter listens on.
-    #[arg(
-        long,
-        env = "OKR_LISTEN",
-        global = true,
-        default_value = "127.0.0.1:9464"
-    )]
-    pub listen: SocketAddr,
+    /// Address the exporter listens on [default: 127.0.0.1:9464].
+    #[arg(long, env = "OKR_LISTEN", global = true)]
+    pub listen: Option<SocketAddr>,
 
     /// How often the collector polls PostgreSQL [default: 60s].
     #[arg(long, env = "OKR_COLLECT_INTERVAL", global = true, value_parser = parse_duration)]
@@ -159,32 +157,27 @@ pub struct CommonArgs {
     #[arg(long, env = "OKR_CREATE_SOURCE_INDEXES", global = true)]
     pub create_source_indexes: bool,
 
-    /// Largest request body accepted by the ingestion endpoints, in bytes.
-    #[arg(long, env = "OKR_MAX_BODY_BYTES", global = true, default_value_t = 16 * 1024)]
-    pub max_body_bytes: usize,
+    /// Largest request body accepted by the ingestion endpoints, in bytes
+    /// [default: 16384].
+    #[arg(long, env = "OKR_MAX_BODY_BYTES", global = true)]
+    pub max_body_bytes: Option<usize>,
 
-    /// Largest creation duration accepted by ingestion.
-    #[arg(long, env = "OKR_MAX_CREATION_DURATION", global = true, default_value = "1d",
-          value_parser = parse_duration)]
-    pub max_creation_duration: Duration,
+    /// Largest creation duration accepted by ingestion [default: 1d].
+    #[arg(long, env = "OKR_MAX_CREATION_DURATION", global = true, value_parser = parse_duration)]
+    pub max_creation_duration: Option<Duration>,
 
     /// Write one row per instrumented request to the performance_metrics table.
     #[arg(long, env = "OKR_REQUEST_LOG", global = true)]
     pub request_log: bool,
 
-    /// Delete request-log rows older than this.
-    #[arg(long, env = "OKR_REQUEST_LOG_RETENTION", global = true, default_value = "30d",
-          value_parser = parse_duration)]
-    pub request_log_retention: Duration,
+    /// Delete request-log rows older than this [default: 30d].
+    #[arg(long, env = "OKR_REQUEST_LOG_RETENTION", global = true, value_parser = parse_duration)]
+    pub request_log_retention: Option<Duration>,
 
-    /// Request header carrying the user id written to the request log.
-    #[arg(
-        long,
-        env = "OKR_REQUEST_LOG_USER_HEADER",
-        global = true,
-        default_value = "x-user-id"
-    )]
-    pub request_log_user_header: String,
+    /// Request header carrying the user id written to the request log
+    /// [default: x-user-id].
+    #[arg(long, env = "OKR_REQUEST_LOG_USER_HEADER", global = true)]
+    pub request_log_user_header: Option<String>,
 
     /// Time a connection has to send complete request headers, from its
     /// acceptance or its previous response (also closes idle keep-alive
@@ -208,6 +201,85 @@ pub struct CommonArgs {
     #[arg(long, env = "OKR_HTTP_MAX_CONNECTIONS", global = true,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub http_max_connections: Option<u32>,
+
+    /// `--collector.NAME` / `--no-collector.NAME` of every registered collector.
+    #[command(flatten)]
+    pub collectors: CollectorFlags,
+}
+
+/// The `--collector.NAME` / `--no-collector.NAME` flags (node_exporter's
+/// convention), one pair per collector of [`registry::COLLECTORS`]: clap's
+/// derive cannot name flags after a list, so this type adds them to the
+/// command itself and reads them back.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CollectorFlags {
+    /// The collectors the command line turns on (`true`) or off (`false`);
+    /// when both flags of one collector are given, the last one wins.
+    pub given: BTreeMap<&'static str, bool>,
+}
+
+impl CollectorFlags {
+    fn enable_id(name: &str) -> String {
+        format!("collector.{name}")
+    }
+
+    fn disable_id(name: &str) -> String {
+        format!("no-collector.{name}")
+    }
+}
+
+impl FromArgMatches for CollectorFlags {
+    fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
+        let mut flags = Self::default();
+        flags.update_from_arg_matches(matches)?;
+        Ok(flags)
+    }
+
+    fn update_from_arg_matches(&mut self, matches: &ArgMatches) -> Result<(), clap::Error> {
+        for r in &COLLECTORS {
+            // The two flags of a collector override each other, so at most
+            // one of them is set: the one given last.
+            let flag = |id: String| matches.try_get_one::<bool>(&id).ok().flatten() == Some(&true);
+            if flag(Self::enable_id(r.name)) {
+                self.given.insert(r.name, true);
+            } else if flag(Self::disable_id(r.name)) {
+                self.given.insert(r.name, false);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for CollectorFlags {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.args(COLLECTORS.iter().flat_map(|r| {
+            let (on, off) = (Self::enable_id(r.name), Self::disable_id(r.name));
+            let default = if r.enabled_by_default { "on" } else { "off" };
+            [
+                clap::Arg::new(on.clone())
+                    .long(on.clone())
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(off.clone())
+                    .global(true)
+                    .help_heading("Collectors")
+                    .help(format!(
+                        "Enable the {} collector [default: {default}].",
+                        r.name
+                    )),
+                clap::Arg::new(off.clone())
+                    .long(off)
+                    .action(ArgAction::SetTrue)
+                    .overrides_with(on)
+                    .global(true)
+                    .help_heading("Collectors")
+                    .help(format!("Disable the {} collector.", r.name)),
+            ]
+        }))
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
+    }
 }
 
 /// `serve` options.
@@ -363,33 +435,38 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Replaces the password of a URL (and any `password=` query parameter) by `***`.
-pub fn redact_url(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
-            }
-        }
+/// Replaces the password of a URL (and any `password=` query parameter) by
+/// `***`. A string that is not a `scheme://host` URL is returned as it is,
+/// unless it might hold credentials (an `@` or the word `password`): then
+/// only `***`.
+pub fn redact_url(s: &str) -> String {
+    let url = url::Url::parse(s).ok().filter(|u| !u.cannot_be_a_base());
+    let Some(mut url) = url else {
+        let suspicious = s.contains('@') || s.to_ascii_lowercase().contains("password");
+        return if suspicious { "***" } else { s }.to_owned();
+    };
+    if url.password().is_some() {
+        // Fails only for URLs that cannot carry a password.
+        let _ = url.set_password(Some("***"));
     }
-    if let Some(q) = out.find('?') {
-        let (head, query) = out.split_at(q + 1);
-        let query: Vec<String> = query
-            .split('&')
-            .map(|kv| match kv.split_once('=') {
-                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
-                _ => kv.to_owned(),
+    let has_password_param = url
+        .query_pairs()
+        .any(|(k, _)| k.eq_ignore_ascii_case("password"));
+    if has_password_param {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if k.eq_ignore_ascii_case("password") {
+                    "***".into()
+                } else {
+                    v
+                };
+                (k.into_owned(), v.into_owned())
             })
             .collect();
-        out = format!("{head}{}", query.join("&"));
+        url.query_pairs_mut().clear().extend_pairs(pairs);
     }
-    out
+    url.into()
 }
 
 /// A secret string (token) whose `Debug` never shows it.
@@ -521,6 +598,9 @@ pub struct FileConfig {
     /// Per-collector interval overrides, e.g. `adoption = "5m"`.
     #[serde(default)]
     pub collector_intervals: BTreeMap<String, String>,
+    /// Collectors turned on or off, e.g. `engagement = false`.
+    #[serde(default)]
+    pub collectors: BTreeMap<String, bool>,
 }
 
 /// Everything the server and collector need, resolved and validated.
@@ -557,8 +637,10 @@ pub struct Settings {
     pub latency_targets: Option<Vec<LatencyTarget>>,
     /// Latency buckets (None: the middleware's defaults).
     pub latency_buckets: Option<Vec<f64>>,
-    /// Per-collector interval overrides.
-    pub collector_intervals: BTreeMap<String, Duration>,
+    /// Per-collector interval overrides, by registered collector name.
+    pub collector_intervals: BTreeMap<&'static str, Duration>,
+    /// Whether each registered collector runs, by name.
+    pub collectors: BTreeMap<&'static str, bool>,
     /// Create source indexes at start-up.
     pub create_source_indexes: bool,
     /// Ingestion body limit.
@@ -615,6 +697,7 @@ impl CommonArgs {
             }
             None => FileConfig::default(),
         };
+        let defaults = Settings::for_database(None);
         let file_duration =
             |v: &Option<String>, what: &str| -> Result<Option<Duration>, ConfigError> {
                 v.as_deref()
@@ -626,34 +709,44 @@ impl CommonArgs {
         let collect_interval = self
             .collect_interval
             .or(file_duration(&file.collect_interval, "collect_interval")?)
-            .unwrap_or(Duration::from_secs(60));
+            .unwrap_or(defaults.collect_interval);
         let query_timeout = self
             .query_timeout
             .or(file_duration(&file.query_timeout, "query_timeout")?)
-            .unwrap_or(Duration::from_secs(10));
+            .unwrap_or(defaults.query_timeout);
         let max_staleness = self
             .max_staleness
             .or(file_duration(&file.max_staleness, "max_staleness")?)
-            .unwrap_or(collect_interval * 3);
+            .unwrap_or_else(|| default_max_staleness(collect_interval));
         let reconcile_interval = match (self.reconcile_interval, &file.reconcile_interval) {
             (Some(d), _) => d,
             (None, Some(v)) => parse_duration_or_zero(v)
                 .map_err(|e| ConfigError::Invalid(format!("reconcile_interval: {e}")))?,
-            (None, None) => DEFAULT_RECONCILE_INTERVAL,
+            (None, None) => defaults.reconcile_interval,
         };
         let windows = match (&self.windows, &file.windows) {
             (Some(w), _) => w.clone(),
             (None, Some(list)) => parse_windows(&list.join(","))
                 .map_err(|e| ConfigError::Invalid(format!("windows: {e}")))?,
-            (None, None) => Windows::default(),
+            (None, None) => defaults.windows.clone(),
         };
-        let company_top_n = self.company_top_n.or(file.company_top_n).unwrap_or(20);
+        let company_top_n = self
+            .company_top_n
+            .or(file.company_top_n)
+            .unwrap_or(defaults.company_top_n);
         let mut collector_intervals = BTreeMap::new();
         for (name, v) in &file.collector_intervals {
-            let d = parse_duration(v)
-                .map_err(|e| ConfigError::Invalid(format!("collector_intervals.{name}: {e}")))?;
-            collector_intervals.insert(name.clone(), d);
+            let what = format!("collector_intervals.{name}");
+            let name = registered_collector(&what, name)?;
+            let d = parse_duration(v).map_err(|e| ConfigError::Invalid(format!("{what}: {e}")))?;
+            collector_intervals.insert(name, d);
         }
+        let mut collectors = defaults.collectors.clone();
+        for (name, on) in &file.collectors {
+            let name = registered_collector(&format!("collectors.{name}"), name)?;
+            collectors.insert(name, *on);
+        }
+        collectors.extend(&self.collectors.given);
         validate_targets(&file.targets)?;
         if let Some(lt) = &file.latency_targets {
             for t in lt {
@@ -710,7 +803,7 @@ impl CommonArgs {
         Ok(Settings {
             database_url: url("--database-url", &self.database_url)?,
             database_read_url: url("--database-read-url", &self.database_read_url)?,
-            listen: self.listen,
+            listen: self.listen.unwrap_or(defaults.listen),
             collect_interval,
             query_timeout,
             max_staleness,
@@ -724,19 +817,27 @@ impl CommonArgs {
             latency_targets: file.latency_targets,
             latency_buckets: file.latency_buckets,
             collector_intervals,
+            collectors,
             create_source_indexes: self.create_source_indexes,
-            max_body_bytes: self.max_body_bytes,
-            max_creation_duration: self.max_creation_duration,
+            max_body_bytes: self.max_body_bytes.unwrap_or(defaults.max_body_bytes),
+            max_creation_duration: self
+                .max_creation_duration
+                .unwrap_or(defaults.max_creation_duration),
             request_log: self.request_log,
-            request_log_retention: self.request_log_retention,
-            request_log_user_header: self.request_log_user_header.clone(),
-            http: self.http_options(),
+            request_log_retention: self
+                .request_log_retention
+                .unwrap_or(defaults.request_log_retention),
+            request_log_user_header: self
+                .request_log_user_header
+                .clone()
+                .unwrap_or(defaults.request_log_user_header),
+            http: self.http_options(&defaults.http),
         })
     }
 
-    /// The HTTP server's options: the flags over [`ServeOptions`]' defaults.
-    fn http_options(&self) -> ServeOptions {
-        let defaults = ServeOptions::default();
+    /// The HTTP server's options: the flags over `defaults`.
+    fn http_options(&self, defaults: &ServeOptions) -> ServeOptions {
+        let defaults = defaults.clone();
         ServeOptions {
             header_read_timeout: self
                 .http_header_read_timeout
@@ -754,6 +855,22 @@ impl CommonArgs {
             ..defaults
         }
     }
+}
+
+/// The registered name of collector `name`, or an error naming the known
+/// ones (`what` says where the name was found).
+fn registered_collector(what: &str, name: &str) -> Result<&'static str, ConfigError> {
+    registry::find(name).map(|r| r.name).ok_or_else(|| {
+        ConfigError::Invalid(format!(
+            "{what}: unknown collector '{name}'; known collectors: {}",
+            registry::known_names()
+        ))
+    })
+}
+
+/// Default of `--max-staleness`: three collection intervals.
+pub fn default_max_staleness(collect_interval: Duration) -> Duration {
+    collect_interval.saturating_mul(3)
 }
 
 fn validate_targets(t: &Targets) -> Result<(), ConfigError> {
@@ -791,16 +908,19 @@ fn validate_targets(t: &Targets) -> Result<(), ConfigError> {
 }
 
 impl Settings {
-    /// Settings with every default and the given database, for tests and
-    /// library users.
+    /// Settings with every default and the given database: the one place
+    /// the built-in defaults are set. [`CommonArgs::resolve`] starts from
+    /// these, so the command line, the environment, the file and library
+    /// users agree.
     pub fn for_database(url: Option<DatabaseUrl>) -> Self {
+        let collect_interval = Duration::from_secs(60);
         Self {
             database_url: url,
             database_read_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 9464)),
-            collect_interval: Duration::from_secs(60),
+            collect_interval,
             query_timeout: Duration::from_secs(10),
-            max_staleness: Duration::from_secs(180),
+            max_staleness: default_max_staleness(collect_interval),
             reconcile_interval: DEFAULT_RECONCILE_INTERVAL,
             windows: Windows::default(),
             ingest_token: None,
@@ -811,6 +931,10 @@ impl Settings {
             latency_targets: None,
             latency_buckets: None,
             collector_intervals: BTreeMap::new(),
+            collectors: COLLECTORS
+                .iter()
+                .map(|r| (r.name, r.enabled_by_default))
+                .collect(),
             create_source_indexes: false,
             max_body_bytes: 16 * 1024,
             max_creation_duration: Duration::from_secs(86_400),
@@ -821,12 +945,13 @@ impl Settings {
         }
     }
 
-    /// The collection interval of one collector (override or the global one).
-    pub fn interval_of(&self, collector: &str) -> Duration {
-        self.collector_intervals
-            .get(collector)
-            .copied()
-            .unwrap_or(self.collect_interval)
+    /// Whether the collector called `name` runs: as configured, else as
+    /// registered (a collector the registry does not know runs).
+    pub fn collector_enabled(&self, name: &str) -> bool {
+        match self.collectors.get(name) {
+            Some(on) => *on,
+            None => registry::find(name).is_none_or(|r| r.enabled_by_default),
+        }
     }
 }
 
@@ -858,6 +983,12 @@ mod tests {
             "postgres://db/x?user=u&password=***&sslmode=require"
         );
         assert_eq!(redact_url("postgres://u@db/x"), "postgres://u@db/x");
+        assert_eq!(
+            redact_url("postgresql://u:p%40ss@db/x?PassWord=s3cret"),
+            "postgresql://u:***@db/x?PassWord=***"
+        );
+        assert_eq!(redact_url("db.example.com/x"), "db.example.com/x");
+        assert_eq!(redact_url("u:s3cret@[db/x"), "***");
         let url = DatabaseUrl::parse_arg("postgres://u:s3cret@db/x").unwrap();
         assert!(!format!("{url} {url:?}").contains("s3cret"));
         let err = DatabaseUrl::parse_arg("mysql://u:s3cret@db/x").unwrap_err();
@@ -906,6 +1037,257 @@ mod tests {
         std::fs::write(&path, "reconcile_interval = \"later\"\n").unwrap();
         assert!(resolve(&["--config", &file]).unwrap().is_err());
         let _ = std::fs::remove_file(&path);
+    }
+
+    /// Runs only as the child process of [`resolve_in_child`]: resolves the
+    /// arguments it is given and prints the settings.
+    #[test]
+    fn resolve_in_child_process() {
+        use clap::Parser;
+        let Ok(args) = std::env::var(CHILD_ARGS) else {
+            return;
+        };
+        let mut all = vec!["okr-exporter", "check"];
+        all.extend(args.split('\x1f').filter(|a| !a.is_empty()));
+        let settings = Cli::try_parse_from(all).unwrap().common.resolve().unwrap();
+        println!("<<<{settings:#?}>>>");
+    }
+
+    /// Set in the child process of [`resolve_in_child`].
+    const CHILD_ARGS: &str = "OKR_EXPORTER_TEST_CHILD_ARGS";
+
+    /// The settings (`Debug`, every field) that `args` and `env` resolve to
+    /// in a process whose environment holds none of the exporter's variables.
+    fn resolve_in_child(args: &[&str], env: &[(&str, &str)]) -> String {
+        use clap::CommandFactory;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap());
+        child.args([
+            "--exact",
+            "config::tests::resolve_in_child_process",
+            "--nocapture",
+            "--test-threads=1",
+        ]);
+        for arg in Cli::command().get_arguments() {
+            if let Some(var) = arg.get_env() {
+                child.env_remove(var);
+            }
+        }
+        child
+            .env(CHILD_ARGS, args.join("\x1f"))
+            .envs(env.iter().copied());
+        let out = child.output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let settings = stdout
+            .split_once("<<<")
+            .and_then(|(_, rest)| rest.split_once(">>>"))
+            .map(|(settings, _)| settings.to_owned());
+        settings.unwrap_or_else(|| {
+            panic!(
+                "child printed no settings:\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+    }
+
+    #[test]
+    fn defaults_agree_from_flags_environment_file_and_constructor() {
+        use clap::CommandFactory;
+        // The documented defaults, written out by hand.
+        let defaults = [
+            ("OKR_LISTEN", "127.0.0.1:9464"),
+            ("OKR_COLLECT_INTERVAL", "60s"),
+            ("OKR_QUERY_TIMEOUT", "10s"),
+            ("OKR_MAX_STALENESS", "3m"),
+            ("OKR_RECONCILE_INTERVAL", "5m"),
+            ("OKR_WINDOWS", "1d,7d,30d"),
+            ("OKR_COMPANY_TOP_N", "20"),
+            ("OKR_MAX_BODY_BYTES", "16384"),
+            ("OKR_MAX_CREATION_DURATION", "1d"),
+            ("OKR_REQUEST_LOG_RETENTION", "30d"),
+            ("OKR_REQUEST_LOG_USER_HEADER", "x-user-id"),
+            ("OKR_HTTP_HEADER_READ_TIMEOUT", "10s"),
+            ("OKR_HTTP_BODY_READ_TIMEOUT", "10s"),
+            ("OKR_HTTP_REQUEST_TIMEOUT", "30s"),
+        ];
+        let command = Cli::command();
+        let flags: Vec<String> = defaults
+            .iter()
+            .flat_map(|(var, value)| {
+                let arg = command
+                    .get_arguments()
+                    .find(|a| a.get_env().is_some_and(|e| e == *var))
+                    .unwrap_or_else(|| panic!("no flag reads {var}"));
+                [
+                    format!("--{}", arg.get_long().unwrap()),
+                    (*value).to_owned(),
+                ]
+            })
+            .collect();
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let path =
+            std::env::temp_dir().join(format!("okr-exporter-defaults-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            r#"
+windows = ["1d", "7d", "30d"]
+collect_interval = "60s"
+query_timeout = "10s"
+max_staleness = "180s"
+reconcile_interval = "5m"
+company_top_n = 20
+
+[targets]
+creation_time_p80_seconds = 600
+draft_completion_ratio = 0.8
+draft_completion_alert_floor_ratio = 0.75
+engagement_ratio = 0.4
+mobile_views_ratio = 0.4
+time_to_next_action_avg_seconds = 604800
+
+[collectors]
+creation_time = true
+drafts = true
+engagement = true
+next_action = true
+mobile = true
+adoption = true
+inventory = true
+rollups = true
+"#,
+        )
+        .unwrap();
+        let file = path.to_string_lossy().into_owned();
+
+        let constructor = format!("{:#?}", Settings::for_database(None));
+        let nothing = resolve_in_child(&[], &[]);
+        let from_env = resolve_in_child(&[], &defaults);
+        let from_flags = resolve_in_child(&flags, &[]);
+        let from_file = resolve_in_child(&["--config", &file], &[]);
+        let _ = std::fs::remove_file(&path);
+        for (source, resolved) in [
+            ("no flags", nothing),
+            ("environment", from_env),
+            ("flags", from_flags),
+            ("TOML file", from_file),
+        ] {
+            for (want, got) in constructor.lines().zip(resolved.lines()) {
+                assert_eq!(got, want, "{source} disagrees with Settings::for_database");
+            }
+            assert_eq!(resolved.lines().count(), constructor.lines().count());
+        }
+        // The staleness limit follows the interval unless it is given.
+        let settings = Cli::try_parse_from(["okr-exporter", "check", "--collect-interval", "10s"])
+            .unwrap()
+            .common
+            .resolve()
+            .unwrap();
+        assert_eq!(settings.max_staleness, Duration::from_secs(30));
+    }
+
+    fn write_config(name: &str, text: &str) -> PathBuf {
+        let path =
+            std::env::temp_dir().join(format!("okr-exporter-{name}-{}.toml", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn resolve_args(args: &[&str]) -> Result<Settings, String> {
+        let mut all = vec!["okr-exporter", "check"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .common
+            .resolve()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn collectors_turn_off_and_on_by_flag_and_file() {
+        let every_one_on = |s: &Settings, but: &[&str]| {
+            for r in &COLLECTORS {
+                assert_eq!(
+                    s.collector_enabled(r.name),
+                    !but.contains(&r.name),
+                    "{}",
+                    r.name
+                );
+            }
+        };
+        every_one_on(&resolve_args(&[]).unwrap(), &[]);
+        every_one_on(&Settings::for_database(None), &[]);
+        let s = resolve_args(&["--no-collector.engagement", "--no-collector.rollups"]).unwrap();
+        every_one_on(&s, &["engagement", "rollups"]);
+        // The last of a collector's two flags wins.
+        let s = resolve_args(&["--no-collector.mobile", "--collector.mobile"]).unwrap();
+        every_one_on(&s, &[]);
+        let s = resolve_args(&["--collector.mobile", "--no-collector.mobile"]).unwrap();
+        every_one_on(&s, &["mobile"]);
+        assert!(resolve_args(&["--no-collector.nope"]).is_err());
+
+        let path = write_config(
+            "collectors",
+            "[collectors]
+drafts = false
+adoption = true
+",
+        );
+        let file = path.to_string_lossy().into_owned();
+        every_one_on(&resolve_args(&["--config", &file]).unwrap(), &["drafts"]);
+        // A flag wins over the file.
+        let s = resolve_args(&["--config", &file, "--collector.drafts"]).unwrap();
+        every_one_on(&s, &[]);
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
+    fn unknown_collector_names_in_the_file_are_refused() {
+        for (name, text) in [
+            (
+                "unknown-interval",
+                "[collector_intervals]
+enagement = \"5m\"
+",
+            ),
+            (
+                "unknown-toggle",
+                "[collectors]
+enagement = false
+",
+            ),
+        ] {
+            let path = write_config(name, text);
+            let err = resolve_args(&["--config", &path.to_string_lossy()]).unwrap_err();
+            let _ = std::fs::remove_file(&path);
+            assert!(err.contains("unknown collector 'enagement'"), "{err}");
+            for r in &COLLECTORS {
+                assert!(err.contains(r.name), "{err} does not name {}", r.name);
+            }
+        }
+        let path = write_config(
+            "known-interval",
+            "[collector_intervals]
+adoption = \"5m\"
+",
+        );
+        let s = resolve_args(&["--config", &path.to_string_lossy()]).unwrap();
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(
+            s.collector_intervals.get("adoption"),
+            Some(&Duration::from_secs(300))
+        );
+    }
+
+    #[test]
+    fn help_lists_every_collector_flag() {
+        use clap::CommandFactory;
+        let help = Cli::command().render_long_help().to_string();
+        for r in &COLLECTORS {
+            assert!(help.contains(&format!("--collector.{}", r.name)), "{help}");
+            assert!(
+                help.contains(&format!("--no-collector.{}", r.name)),
+                "{help}"
+            );
+        }
     }
 
     #[test]

@@ -29,6 +29,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+use crate::api_error::ApiError;
 use crate::collector::{CollectorLabel, CollectorMetrics};
 
 /// While the database is down, at most one probe request per interval.
@@ -116,6 +117,17 @@ pub struct DatabaseAvailability {
 pub struct Unavailable {
     /// How long the client should wait before retrying.
     pub retry_after: Duration,
+}
+
+/// 503 with `Retry-After`: what a client refused during an outage is told.
+impl From<Unavailable> for ApiError {
+    fn from(e: Unavailable) -> Self {
+        Self::Unavailable {
+            message: "database unavailable; retry later".into(),
+            field: None,
+            retry_after: Some(e.retry_after),
+        }
+    }
 }
 
 /// Leave to use the database; report the outcome with

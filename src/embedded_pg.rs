@@ -28,6 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{self, Signal};
+use nix::unistd::{Pid, User, geteuid};
+
 /// Why the embedded cluster could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum EmbeddedPgError {
@@ -200,11 +203,10 @@ impl EmbeddedPostgres {
         if !matches!(self.server.try_wait(), Ok(None)) {
             return;
         }
+        // A pid we spawned and still own (not yet reaped): SIGINT is
+        // PostgreSQL's fast shutdown.
         if let Ok(pid) = i32::try_from(self.server.id()) {
-            // SAFETY: kill(2) with a pid we spawned and still own (not yet reaped).
-            unsafe {
-                libc::kill(pid, libc::SIGINT);
-            }
+            let _ = signal::kill(Pid::from_raw(pid), Signal::SIGINT);
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -341,25 +343,20 @@ pub fn free_port() -> std::io::Result<u16> {
 }
 
 fn run_as_user() -> Result<Option<RunAs>, EmbeddedPgError> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if !geteuid().is_root() {
         return Ok(None);
     }
     let name = std::env::var("OKR_EMBEDDED_PG_USER").unwrap_or_else(|_| "postgres".to_owned());
-    let passwd = fs::read_to_string("/etc/passwd").map_err(io_err("reading /etc/passwd"))?;
-    passwd
-        .lines()
-        .find_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            (f.len() >= 4 && f[0] == name).then(|| {
-                Some(RunAs {
-                    uid: f[2].parse().ok()?,
-                    gid: f[3].parse().ok()?,
-                })
-            })?
-        })
-        .map(Some)
-        .ok_or(EmbeddedPgError::NoUnprivilegedUser(name))
+    // The system's user database (getpwnam_r): /etc/passwd, or NSS sources.
+    let user = User::from_name(&name).map_err(|errno| EmbeddedPgError::Io {
+        context: format!("looking up user '{name}'"),
+        source: errno.into(),
+    })?;
+    let user = user.ok_or(EmbeddedPgError::NoUnprivilegedUser(name))?;
+    Ok(Some(RunAs {
+        uid: user.uid.as_raw(),
+        gid: user.gid.as_raw(),
+    }))
 }
 
 /// Finds a directory holding both `initdb` and `postgres`.

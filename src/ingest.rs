@@ -18,7 +18,7 @@ use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
@@ -27,9 +27,10 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::api_error::ApiError;
+use crate::auth;
 use crate::config::Settings;
 use crate::db_availability::{RETRY_AFTER, Ticket, Unavailable};
-use crate::server::{AppState, secret_eq};
+use crate::state::AppState;
 
 /// How far in the future a client timestamp may be (clock skew).
 const MAX_CLOCK_SKEW_SECONDS: i64 = 300;
@@ -173,16 +174,20 @@ where
             })
             .unwrap_or(false);
         if !is_json {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "expected Content-Type: application/json",
-            ));
+            return Err(ApiError::UnsupportedMediaType {
+                message: "expected Content-Type: application/json".into(),
+            });
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "request body too large")
+                ApiError::PayloadTooLarge {
+                    message: "request body too large".into(),
+                }
             } else {
-                ApiError::malformed("could not read the request body")
+                ApiError::Malformed {
+                    message: "could not read the request body".into(),
+                    field: None,
+                }
             }
         })?;
         parse_body(&bytes).map(JsonBody)
@@ -213,15 +218,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// value that does not fit (422), unless the input changed under us.
 fn classified(e: &serde_json::Error, field: Option<String>) -> ApiError {
     use serde_json::error::Category;
-    let err = match e.classify() {
-        Category::Data => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, without_position(e)),
-        Category::Syntax | Category::Eof | Category::Io => {
-            ApiError::malformed(format!("malformed JSON: {e}"))
-        }
-    };
-    match field {
-        Some(f) => err.field(f),
-        None => err,
+    match e.classify() {
+        Category::Data => ApiError::Invalid {
+            field,
+            message: without_position(e),
+        },
+        Category::Syntax | Category::Eof | Category::Io => ApiError::Malformed {
+            message: format!("malformed JSON: {e}"),
+            field,
+        },
     }
 }
 
@@ -299,15 +304,12 @@ fn check_syntax_and_keys(bytes: &[u8]) -> Result<(), ApiError> {
     let field = field_of(path.take());
     if duplicate.get() {
         let field = field.unwrap_or_default();
-        return Err(ApiError::invalid(
-            &field,
-            format!("{field} is given more than once"),
-        ));
+        let message = format!("{field} is given more than once");
+        return Err(ApiError::invalid(field, message));
     }
-    let err = ApiError::malformed(format!("malformed JSON: {e}"));
-    Err(match field {
-        Some(f) => err.field(f),
-        None => err,
+    Err(ApiError::Malformed {
+        message: format!("malformed JSON: {e}"),
+        field,
     })
 }
 
@@ -385,71 +387,15 @@ impl<'de> Visitor<'de> for KeyCheck<'_> {
     }
 }
 
-/// Why an ingestion call recorded nothing.
-#[derive(Debug)]
-pub enum IngestError {
-    /// The request was refused (4xx, or 503 while no token is configured).
-    Refused(ApiError),
-    /// The database cannot be used now: 503 with `Retry-After`.
-    DatabaseUnavailable,
-}
-
-impl From<ApiError> for IngestError {
-    fn from(e: ApiError) -> Self {
-        Self::Refused(e)
-    }
-}
-
-impl From<Unavailable> for IngestError {
-    fn from(_: Unavailable) -> Self {
-        Self::DatabaseUnavailable
-    }
-}
-
-impl IntoResponse for IngestError {
-    fn into_response(self) -> Response {
-        match self {
-            Self::Refused(e) => e.into_response(),
-            Self::DatabaseUnavailable => {
-                let mut resp =
-                    ApiError::unavailable("database unavailable; retry later").into_response();
-                resp.headers_mut().insert(
-                    header::RETRY_AFTER,
-                    HeaderValue::from(RETRY_AFTER.as_secs()),
-                );
-                resp
-            }
-        }
-    }
-}
-
 /// Reports `result` to the availability gate; an error is a 503.
-fn observed<T>(ticket: &Ticket, result: Result<T, sqlx::Error>) -> Result<T, IngestError> {
+fn observed<T>(ticket: &Ticket, result: Result<T, sqlx::Error>) -> Result<T, ApiError> {
     ticket.observe(&result);
     result.map_err(|e| {
         tracing::warn!(error = %e, probe = ticket.is_probe(), "ingestion could not use the database");
-        IngestError::DatabaseUnavailable
+        ApiError::from(Unavailable {
+            retry_after: RETRY_AFTER,
+        })
     })
-}
-
-/// Checks the bearer token; 503 while no token is configured.
-fn authorize(state: &AppState, headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
-    let Some(expected) = &state.settings.ingest_token else {
-        return Err(ApiError::unavailable(
-            "ingestion is disabled: no ingest token is configured (--ingest-token / OKR_INGEST_TOKEN)",
-        ));
-    };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            (v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ")).then(|| v[7..].trim())
-        });
-    match presented {
-        None => Err(ApiError::unauthorized("missing bearer token")),
-        Some(t) if secret_eq(expected, t) => Ok(()),
-        Some(_) => Err(ApiError::unauthorized("wrong bearer token")),
-    }
 }
 
 fn not_in_future(field: &str, t: DateTime<Utc>, now: DateTime<Utc>) -> Result<(), ApiError> {
@@ -598,10 +544,10 @@ pub fn creation_times(
 
 async fn creation_time(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     body: Result<JsonBody<CreationTimeEvent>, ApiError>,
-) -> Result<Response, IngestError> {
-    authorize(&state, &headers)?;
+) -> Result<Response, ApiError> {
+    auth::require_ingest_token(&state.settings, &headers)?;
     let JsonBody(ev) = body?;
     validate_creation_time(&ev, &state.settings, Utc::now())?;
     let db = state.database.admit()?;
@@ -614,7 +560,7 @@ async fn creation_time(
             .await,
     )?;
     let Some((created_at, published_at)) = followup else {
-        return Err(ApiError::invalid("followup_id", "unknown follow-up").into());
+        return Err(ApiError::invalid("followup_id", "unknown follow-up"));
     };
     let row = creation_times(
         &ev,
@@ -669,23 +615,21 @@ async fn creation_time(
         )
             .into_response())
     } else {
-        Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!(
+        Err(ApiError::Conflict {
+            message: format!(
                 "a different creation time ({existing} s) is already recorded for this follow-up"
             ),
-        )
-        .field("followup_id")
-        .into())
+            field: Some("followup_id".into()),
+        })
     }
 }
 
 async fn next_action(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
+    headers: HeaderMap,
     body: Result<JsonBody<NextActionEvent>, ApiError>,
-) -> Result<Response, IngestError> {
-    authorize(&state, &headers)?;
+) -> Result<Response, ApiError> {
+    auth::require_ingest_token(&state.settings, &headers)?;
     let JsonBody(ev) = body?;
     not_in_future("action_at", ev.action_at, Utc::now())?;
     let db = state.database.admit()?;
@@ -698,9 +642,12 @@ async fn next_action(
             .await,
     )?;
     let published_at = match followup {
-        None => return Err(ApiError::invalid("followup_id", "unknown follow-up").into()),
+        None => return Err(ApiError::invalid("followup_id", "unknown follow-up")),
         Some((None,)) => {
-            return Err(ApiError::invalid("followup_id", "the follow-up is not published").into());
+            return Err(ApiError::invalid(
+                "followup_id",
+                "the follow-up is not published",
+            ));
         }
         Some((Some(p),)) => p,
     };
@@ -708,8 +655,7 @@ async fn next_action(
         return Err(ApiError::invalid(
             "action_at",
             "action_at is before the follow-up was published",
-        )
-        .into());
+        ));
     }
     let days = (ev.action_at - published_at)
         .num_microseconds()
@@ -768,14 +714,14 @@ mod tests {
     }
 
     fn field(e: &ApiError) -> Option<&str> {
-        e.field.as_deref()
+        e.field()
     }
 
     #[test]
     fn missing_wrong_typed_unknown_and_repeated_fields_are_named() {
         let e = err::<CreationTimeEvent>(r#"{"duration_seconds": 3}"#);
         assert_eq!(
-            (e.status, field(&e)),
+            (e.status(), field(&e)),
             (StatusCode::UNPROCESSABLE_ENTITY, Some("followup_id"))
         );
         let e = err::<CreationTimeEvent>(&format!(r#"{{"followup_id": "{ID}"}}"#));
@@ -801,7 +747,7 @@ mod tests {
         ] {
             let e = err::<CreationTimeEvent>(body);
             assert_eq!(
-                (e.status, field(&e)),
+                (e.status(), field(&e)),
                 (StatusCode::UNPROCESSABLE_ENTITY, Some(at)),
                 "{body}"
             );
@@ -811,7 +757,7 @@ mod tests {
                 r#"{{"followup_id": "{ID}", "duration_seconds": {value}}}"#
             ));
             assert_eq!(
-                (e.status, field(&e)),
+                (e.status(), field(&e)),
                 (StatusCode::UNPROCESSABLE_ENTITY, Some("duration_seconds")),
                 "{value}"
             );
@@ -820,28 +766,28 @@ mod tests {
             r#"{{"followup_id": "{ID}", "duration_seconds": 1, "started_at": "yesterday"}}"#
         ));
         assert_eq!(field(&e), Some("started_at"));
-        assert!(!e.message.contains("line"), "{}", e.message);
+        assert!(!e.message().contains("line"), "{}", e.message());
         let e = err::<CreationTimeEvent>(&format!(
             r#"{{"followup_id": "{ID}", "duration_seconds": 1, "extra": {{"a": 1}}}}"#
         ));
         assert_eq!(
-            (e.status, field(&e)),
+            (e.status(), field(&e)),
             (StatusCode::UNPROCESSABLE_ENTITY, Some("extra"))
         );
         let e = err::<CreationTimeEvent>(&format!(
             r#"{{"followup_id": "{ID}", "duration_seconds": 1, "duration_seconds": 1}}"#
         ));
         assert_eq!(
-            (e.status, field(&e)),
+            (e.status(), field(&e)),
             (StatusCode::UNPROCESSABLE_ENTITY, Some("duration_seconds")),
             "{}",
-            e.message
+            e.message()
         );
         // The body as a whole is of the wrong type: no field.
         for body in ["null", "[]", "\"x\"", "3"] {
             let e = err::<CreationTimeEvent>(body);
             assert_eq!(
-                (e.status, field(&e)),
+                (e.status(), field(&e)),
                 (StatusCode::UNPROCESSABLE_ENTITY, None)
             );
         }
@@ -899,7 +845,7 @@ mod tests {
             ),
         ] {
             let e = parse_json::<Outer>(body.as_bytes()).unwrap_err();
-            assert_eq!((e.status, field(&e)), (status, Some(at)), "{body}: {e}");
+            assert_eq!((e.status(), field(&e)), (status, Some(at)), "{body}: {e}");
         }
         // A missing field of a nested struct without a wire form is not
         // named (the path stops at its object) — which is why the request
@@ -921,17 +867,17 @@ mod tests {
             b"{\"a\": NaN}",
         ] {
             let e = parse_body::<CreationTimeEvent>(body).unwrap_err();
-            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body:?}: {e}");
+            assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{body:?}: {e}");
         }
         let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         let e = parse_body::<CreationTimeEvent>(deep.as_bytes()).unwrap_err();
-        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e}");
+        assert_eq!(e.status(), StatusCode::BAD_REQUEST, "{e}");
         let e = parse_body::<CreationTimeEvent>(
             format!(r#"{{"followup_id": "{ID}", "duration_seconds": -1e400}}"#).as_bytes(),
         )
         .unwrap_err();
         assert_eq!(
-            (e.status, field(&e)),
+            (e.status(), field(&e)),
             (StatusCode::BAD_REQUEST, Some("duration_seconds"))
         );
         // A field path and a message echoed back are bounded.
@@ -943,18 +889,18 @@ mod tests {
             Some(MAX_FIELD_CHARS + 1)
         );
         assert!(
-            e.message.chars().count() <= MAX_MESSAGE_CHARS + 1,
+            e.message().chars().count() <= MAX_MESSAGE_CHARS + 1,
             "{}",
-            e.message
+            e.message()
         );
         let e =
             parse_body::<CreationTimeEvent>(format!(r#"{{"followup_id": "{long}"}}"#).as_bytes())
                 .unwrap_err();
         assert_eq!(field(&e), Some("followup_id"));
         assert!(
-            e.message.chars().count() <= MAX_MESSAGE_CHARS + 1,
+            e.message().chars().count() <= MAX_MESSAGE_CHARS + 1,
             "{}",
-            e.message
+            e.message()
         );
     }
 
@@ -982,7 +928,9 @@ mod tests {
     }
 
     fn refused_field(ev: CreationTimeEvent) -> Option<String> {
-        creation_times(&ev, followup()).err().and_then(|e| e.field)
+        creation_times(&ev, followup())
+            .err()
+            .and_then(|e| e.field().map(str::to_owned))
     }
 
     #[test]
@@ -994,7 +942,7 @@ mod tests {
         };
         let e = creation_times(&event(5.0, None, None), draft).unwrap_err();
         assert_eq!(
-            (e.status, field(&e)),
+            (e.status(), field(&e)),
             (StatusCode::UNPROCESSABLE_ENTITY, Some("followup_id"))
         );
 

@@ -4,18 +4,25 @@
 //! a daily rollup, drawn as inline SVG charts from the report's history.
 //! Everything is inline (no external assets, no JavaScript), readable on a
 //! phone and in a dark color scheme, refreshed every 5 minutes.
+//!
+//! The HTML is written with [`maud`]'s `html!`, which escapes every spliced
+//! value (`&`, `<`, `>`, `"`); only the constant style sheet and the doctype
+//! go in unescaped, through [`PreEscaped`].
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::time::Duration;
 
+use axum::Router;
 use axum::extract::State;
 use axum::response::Html;
+use axum::routing::get;
 use chrono::NaiveDate;
+use maud::{Markup, PreEscaped, html};
 
 use crate::config::{Targets, Window};
 use crate::report::{Comparison, HistoryDay, OkrLine, OkrStatus, adoption, history, scorecard};
-use crate::server::AppState;
+use crate::state::AppState;
 
 /// Days of history shown in the trend charts (the report's default).
 pub const TREND_DAYS: u32 = 30;
@@ -72,13 +79,6 @@ fn fmt_percent(v: f64) -> String {
     format!("{} %", p.strip_suffix(".0").unwrap_or(&p))
 }
 
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// A day as people read it on an axis: `3 Nov`.
 fn short_day(d: NaiveDate) -> String {
     d.format("%-d %b").to_string()
@@ -86,7 +86,7 @@ fn short_day(d: NaiveDate) -> String {
 
 /// One OKR card; `floor` is the alert floor under which the value is
 /// flagged (draft completion only).
-fn card(out: &mut String, window: &str, line: &OkrLine, floor: Option<f64>) {
+fn card(window: &str, line: &OkrLine, floor: Option<f64>) -> Markup {
     let status = line.status.as_str();
     let value = line
         .value
@@ -103,30 +103,24 @@ fn card(out: &mut String, window: &str, line: &OkrLine, floor: Option<f64>) {
     };
     // Strictly below, as the alert rule compares.
     let below = floor.zip(line.value).map(|(f, v)| (f, v < f));
-    let (class, attr, note) = match below {
-        Some((f, true)) => (
-            " below-floor",
-            " data-below-floor=\"true\"",
-            format!(
-                "<div class=\"floor\">below the {} alert floor</div>",
-                fmt_percent(f)
-            ),
-        ),
-        Some((_, false)) => ("", " data-below-floor=\"false\"", String::new()),
-        None => ("", "", String::new()),
+    let class = match below {
+        Some((_, true)) => format!("card {status} below-floor"),
+        _ => format!("card {status}"),
     };
-    let _ = write!(
-        out,
-        "<div class=\"card {status}{class}\" data-okr=\"{key}\" data-window=\"{w}\" data-value=\"{raw}\" data-target=\"{target}\" data-status=\"{status}\"{attr}>\
-         <div class=\"name\">{name}</div><div class=\"value\">{value}</div>\
-         <div>target {cmp} {tv}</div><div class=\"status\">{label}</div>{note}</div>",
-        key = escape(&line.key),
-        w = escape(window),
-        raw = line.value.map(|v| v.to_string()).unwrap_or_default(),
-        target = line.target,
-        name = escape(&line.name),
-        tv = fmt_value(&line.unit, line.target),
-    );
+    let below_attr = below.map(|(_, b)| if b { "true" } else { "false" });
+    let raw = line.value.map(|v| v.to_string()).unwrap_or_default();
+    html! {
+        div class=(class) data-okr=(line.key) data-window=(window) data-value=(raw)
+            data-target=(line.target) data-status=(status) data-below-floor=[below_attr] {
+            div class="name" { (line.name) }
+            div class="value" { (value) }
+            div { "target " (cmp) " " (fmt_value(&line.unit, line.target)) }
+            div class="status" { (label) }
+            @if let Some((f, true)) = below {
+                div class="floor" { "below the " (fmt_percent(f)) " alert floor" }
+            }
+        }
+    }
 }
 
 /// The adoption figures in the order a manager reads them; keys of
@@ -170,9 +164,10 @@ fn adoption_label(key: &str, window: &Window) -> String {
     label.to_owned()
 }
 
-fn adoption_table(out: &mut String, window: &Window, figures: &BTreeMap<String, f64>) {
+/// The adoption table of `window`; nothing when it has no figures.
+fn adoption_table(window: &Window, figures: &BTreeMap<String, f64>) -> Markup {
     if figures.is_empty() {
-        return;
+        return html! {};
     }
     let keys = ADOPTION_ORDER
         .iter()
@@ -184,27 +179,20 @@ fn adoption_table(out: &mut String, window: &Window, figures: &BTreeMap<String, 
                 .map(String::as_str)
                 .filter(|k| !ADOPTION_ORDER.contains(k)),
         );
-    let _ = write!(
-        out,
-        "<table class=\"adoption\"><tr><th colspan=\"2\">Adoption, last {}</th></tr>",
-        escape(&window.label)
-    );
-    for k in keys {
-        let v = figures[k];
-        let shown = if k.ends_with("_ratio") {
-            fmt_value("ratio", v)
-        } else {
-            format!("{v}")
-        };
-        let _ = write!(
-            out,
-            "<tr data-adoption=\"{key}\" data-window=\"{w}\" data-value=\"{v}\"><td>{label}</td><td class=\"num\">{shown}</td></tr>",
-            key = escape(k),
-            w = escape(&window.label),
-            label = escape(&adoption_label(k, window)),
-        );
+    html! {
+        table class="adoption" {
+            tr { th colspan="2" { "Adoption, last " (window.label) } }
+            @for k in keys {
+                @let v = figures[k];
+                tr data-adoption=(k) data-window=(window.label) data-value=(v) {
+                    td { (adoption_label(k, window)) }
+                    td class="num" {
+                        @if k.ends_with("_ratio") { (fmt_value("ratio", v)) } @else { (v) }
+                    }
+                }
+            }
+        }
     }
-    out.push_str("</table>");
 }
 
 /// An OKR with a daily rollup, charted from the report's history.
@@ -288,23 +276,26 @@ const PAD_BOTTOM: f64 = 22.0;
 /// Least vertical distance between the centres of two line labels.
 const LABEL_GAP: f64 = 26.0;
 
+/// A coordinate as the chart writes it: one decimal.
+fn coord(v: f64) -> String {
+    format!("{v:.1}")
+}
+
 /// The label of a horizontal line in the right margin: `what` above
 /// `value`, centred on `y`.
-fn line_label(class: &str, what: &str, value: &str, y: f64) -> String {
+fn line_label(class: &str, what: &str, value: &str, y: f64) -> Markup {
     let x = VIEW_W - PAD_RIGHT + 4.0;
-    format!(
-        "<text class=\"label {class}\" x=\"{x}\" y=\"{top:.1}\">{what}\
-         <tspan x=\"{x}\" dy=\"1.1em\">{value}</tspan></text>",
-        top = y - 2.0,
-        what = escape(what),
-        value = escape(value),
-    )
+    html! {
+        text class=(format!("label {class}")) x=(x) y=(coord(y - 2.0)) {
+            (what) tspan x=(x) dy="1.1em" { (value) }
+        }
+    }
 }
 
 /// One trend chart over `days` (oldest first). Each day with a value is a
 /// point carrying `data-day` and `data-value`; a day without one is a gap
 /// in the line.
-fn chart(out: &mut String, t: &Trend, days: &[NaiveDate], rows: &BTreeMap<NaiveDate, &HistoryDay>) {
+fn chart(t: &Trend, days: &[NaiveDate], rows: &BTreeMap<NaiveDate, &HistoryDay>) -> Markup {
     let points: Vec<(usize, NaiveDate, f64)> = days
         .iter()
         .enumerate()
@@ -322,7 +313,7 @@ fn chart(out: &mut String, t: &Trend, days: &[NaiveDate], rows: &BTreeMap<NaiveD
     let right = VIEW_W - PAD_RIGHT;
     let (first, last) = match (days.first(), days.last()) {
         (Some(f), Some(l)) => (*f, *l),
-        _ => return,
+        _ => return html! {},
     };
     let id = format!("trend-{}", t.key);
     let target_text = format!("target ≥ {}", t.axis_text(t.target));
@@ -330,46 +321,10 @@ fn chart(out: &mut String, t: &Trend, days: &[NaiveDate], rows: &BTreeMap<NaiveD
         || "no daily data yet".to_owned(),
         |(_, d, v)| format!("latest {} ({})", fmt_value(t.unit, *v), short_day(*d)),
     );
-    let _ = write!(
-        out,
-        "<figure class=\"chart\" data-trend=\"{key}\" data-field=\"{field}\" data-target=\"{target}\">\
-         <figcaption>{name}<span class=\"meta\">{latest} · {n} of {total} days with data · {tt}</span></figcaption>\
-         <svg class=\"trend\" viewBox=\"0 0 {VIEW_W} {VIEW_H}\" role=\"img\" aria-labelledby=\"{id}-title {id}-desc\">\
-         <title id=\"{id}-title\">{name}, per day, {from} to {to}</title>\
-         <desc id=\"{id}-desc\">{n} of {total} days have data (days without data are gaps); {tt}; {latest}.</desc>",
-        key = t.key,
-        field = t.field,
-        target = t.target,
-        name = escape(t.name),
-        latest = escape(&latest),
-        n = points.len(),
-        total = days.len(),
-        tt = escape(&target_text),
-        from = first.format("%-d %b %Y"),
-        to = last.format("%-d %b %Y"),
-    );
-    // Value axis: rules and labels at 0, half and top.
-    for v in [0.0, top / 2.0, top] {
-        let _ = write!(
-            out,
-            "<line class=\"rule\" x1=\"{PAD_LEFT}\" x2=\"{right}\" y1=\"{yv:.1}\" y2=\"{yv:.1}\"/>\
-             <text x=\"{lx}\" y=\"{yv:.1}\" dy=\".32em\" text-anchor=\"end\">{label}</text>",
-            yv = y(v),
-            lx = PAD_LEFT - 5.0,
-            label = escape(&t.axis_text(v)),
-        );
-    }
+    let (n, total) = (points.len(), days.len());
     // Day axis: first, middle and last day.
     let mid = days.len() / 2;
-    for (i, anchor) in [(0, "start"), (mid, "middle"), (days.len() - 1, "end")] {
-        let _ = write!(
-            out,
-            "<text x=\"{xi:.1}\" y=\"{ly}\" text-anchor=\"{anchor}\">{day}</text>",
-            xi = x(i),
-            ly = VIEW_H - 6.0,
-            day = escape(&short_day(days[i])),
-        );
-    }
+    let day_ticks = [(0, "start"), (mid, "middle"), (days.len() - 1, "end")];
     // Target (and alert floor): dashed lines across the plot, labelled in
     // the right margin, the labels pushed apart where they would overlap.
     let yt = y(t.target);
@@ -379,29 +334,6 @@ fn chart(out: &mut String, t: &Trend, days: &[NaiveDate], rows: &BTreeMap<NaiveD
         let push = (LABEL_GAP - (label_f - label_t)) / 2.0;
         label_t -= push;
         label_f += push;
-    }
-    let _ = write!(
-        out,
-        "<line class=\"target\" data-target=\"{tv}\" x1=\"{PAD_LEFT}\" x2=\"{right}\" y1=\"{yt:.1}\" y2=\"{yt:.1}\"/>\
-         {label}",
-        tv = t.target,
-        label = line_label("target-label", "target", &t.axis_text(t.target), label_t),
-    );
-    if let (Some(f), Some(yf)) = (t.floor, yf) {
-        let _ = write!(
-            out,
-            "<line class=\"alert-floor\" data-floor=\"{f}\" x1=\"{PAD_LEFT}\" x2=\"{right}\" y1=\"{yf:.1}\" y2=\"{yf:.1}\"/>\
-             {label}",
-            label = line_label("floor-label", "floor", &t.axis_text(f), label_f),
-        );
-    }
-    if points.is_empty() {
-        let _ = write!(
-            out,
-            "<text class=\"empty\" x=\"{cx}\" y=\"{cy}\" text-anchor=\"middle\">no daily data yet</text>",
-            cx = PAD_LEFT + plot_w / 2.0,
-            cy = PAD_TOP + plot_h / 2.0,
-        );
     }
     // The line, broken wherever a day has no value.
     let mut path = String::new();
@@ -417,69 +349,119 @@ fn chart(out: &mut String, t: &Trend, days: &[NaiveDate], rows: &BTreeMap<NaiveD
         );
         previous = Some(i);
     }
-    if !path.is_empty() {
-        let _ = write!(out, "<path class=\"series\" d=\"{}\"/>", path.trim_start());
+    // Explicit end tags: inside <svg> a start tag is not closed by the next.
+    html! {
+        figure class="chart" data-trend=(t.key) data-field=(t.field) data-target=(t.target) {
+            figcaption {
+                (t.name)
+                span class="meta" {
+                    (latest) " · " (n) " of " (total) " days with data · " (target_text)
+                }
+            }
+            svg class="trend" viewBox=(format!("0 0 {VIEW_W} {VIEW_H}")) role="img"
+                aria-labelledby=(format!("{id}-title {id}-desc")) {
+                title id=(format!("{id}-title")) {
+                    (t.name) ", per day, " (first.format("%-d %b %Y")) " to "
+                    (last.format("%-d %b %Y"))
+                }
+                desc id=(format!("{id}-desc")) {
+                    (n) " of " (total) " days have data (days without data are gaps); "
+                    (target_text) "; " (latest) "."
+                }
+                // Value axis: rules and labels at 0, half and top.
+                @for v in [0.0, top / 2.0, top] {
+                    line class="rule" x1=(PAD_LEFT) x2=(right) y1=(coord(y(v))) y2=(coord(y(v))) {}
+                    text x=(PAD_LEFT - 5.0) y=(coord(y(v))) dy=".32em" text-anchor="end" {
+                        (t.axis_text(v))
+                    }
+                }
+                @for (i, anchor) in day_ticks {
+                    text x=(coord(x(i))) y=(VIEW_H - 6.0) text-anchor=(anchor) {
+                        (short_day(days[i]))
+                    }
+                }
+                line class="target" data-target=(t.target) x1=(PAD_LEFT) x2=(right)
+                    y1=(coord(yt)) y2=(coord(yt)) {}
+                (line_label("target-label", "target", &t.axis_text(t.target), label_t))
+                @if let (Some(f), Some(yf)) = (t.floor, yf) {
+                    line class="alert-floor" data-floor=(f) x1=(PAD_LEFT) x2=(right)
+                        y1=(coord(yf)) y2=(coord(yf)) {}
+                    (line_label("floor-label", "floor", &t.axis_text(f), label_f))
+                }
+                @if points.is_empty() {
+                    text class="empty" x=(PAD_LEFT + plot_w / 2.0) y=(PAD_TOP + plot_h / 2.0)
+                        text-anchor="middle" { "no daily data yet" }
+                }
+                @if !path.is_empty() {
+                    path class="series" d=(path.trim_start()) {}
+                }
+                @for &(i, d, v) in &points {
+                    @let met = if v >= t.target { "met" } else { "missed" };
+                    circle class=(met) cx=(coord(x(i))) cy=(coord(y(v))) r="3" data-day=(d)
+                        data-value=(v) {
+                        title {
+                            (d.format("%-d %b %Y")) ": " (fmt_value(t.unit, v)) " (" (met) ")"
+                        }
+                    }
+                }
+            }
+        }
     }
-    for &(i, d, v) in &points {
-        let met = if v >= t.target { "met" } else { "missed" };
-        let _ = write!(
-            out,
-            "<circle class=\"{met}\" cx=\"{xi:.1}\" cy=\"{yv:.1}\" r=\"3\" data-day=\"{d}\" data-value=\"{v}\">\
-             <title>{day}: {shown} ({met})</title></circle>",
-            xi = x(i),
-            yv = y(v),
-            day = escape(&d.format("%-d %b %Y").to_string()),
-            shown = escape(&fmt_value(t.unit, v)),
-        );
-    }
-    out.push_str("</svg></figure>");
+}
+
+/// The days of the report's history: the last [`TREND_DAYS`] ending
+/// `today`, widened if the database's clock put a row outside (oldest
+/// first).
+fn trend_days(rows: &[HistoryDay], today: NaiveDate) -> Vec<NaiveDate> {
+    let newest = rows.iter().map(|h| h.day).max().unwrap_or(today).max(today);
+    let oldest = newest - chrono::Days::new(u64::from(TREND_DAYS) - 1);
+    let oldest = rows
+        .iter()
+        .map(|h| h.day)
+        .min()
+        .unwrap_or(oldest)
+        .min(oldest);
+    oldest.iter_days().take_while(|d| *d <= newest).collect()
 }
 
 /// The trend section: a chart per OKR with a daily rollup, from
 /// `history` (newest first, as [`history`] returns it), or a notice when
 /// the history could not be read.
-fn trend_section(
-    out: &mut String,
-    targets: &Targets,
-    history: Option<&[HistoryDay]>,
-    today: NaiveDate,
-) {
-    let _ = write!(
-        out,
-        "<section class=\"trends\"><h2>Daily trend, last {TREND_DAYS} days</h2>"
-    );
-    match history {
-        None => out.push_str(
-            "<p class=\"unavailable\" data-history=\"unavailable\">Daily history unavailable: \
-             the rollup tables could not be read from the database. The scorecard above still \
-             shows the last collected values; retry later.</p>",
-        ),
-        Some(rows) => {
-            // The days of the report's history: the last TREND_DAYS ending
-            // today, widened if the database's clock put a row outside.
-            let newest = rows.iter().map(|h| h.day).max().unwrap_or(today).max(today);
-            let oldest = newest - chrono::Days::new(u64::from(TREND_DAYS) - 1);
-            let oldest = rows
-                .iter()
-                .map(|h| h.day)
-                .min()
-                .unwrap_or(oldest)
-                .min(oldest);
-            let days: Vec<NaiveDate> = oldest.iter_days().take_while(|d| *d <= newest).collect();
-            let by_day: BTreeMap<NaiveDate, &HistoryDay> =
-                rows.iter().map(|h| (h.day, h)).collect();
-            out.push_str("<div class=\"charts\">");
-            for t in trends(targets) {
-                chart(out, &t, &days, &by_day);
+fn trend_section(targets: &Targets, history: Option<&[HistoryDay]>, today: NaiveDate) -> Markup {
+    html! {
+        section class="trends" {
+            h2 { "Daily trend, last " (TREND_DAYS) " days" }
+            @match history {
+                None => {
+                    p class="unavailable" data-history="unavailable" {
+                        "Daily history unavailable: the rollup tables could not be read from \
+                         the database. The scorecard above still shows the last collected \
+                         values; retry later."
+                    }
+                }
+                Some(rows) => {
+                    @let days = trend_days(rows, today);
+                    @let by_day: BTreeMap<NaiveDate, &HistoryDay> =
+                        rows.iter().map(|h| (h.day, h)).collect();
+                    div class="charts" {
+                        @for t in trends(targets) {
+                            (chart(&t, &days, &by_day))
+                        }
+                    }
+                }
             }
-            out.push_str("</div>");
+            p class="meta" {
+                "Daily values of the rollup tables (UTC days), the same as the report's \
+                 history. Creation time P80 and time to next action have no daily rollup: \
+                 their trend is in Grafana."
+            }
         }
     }
-    out.push_str(
-        "<p class=\"meta\">Daily values of the rollup tables (UTC days), the same as the \
-         report's history. Creation time P80 and time to next action have no daily rollup: \
-         their trend is in Grafana.</p></section>",
-    );
+}
+
+/// The landing page's route: `GET /`.
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/", get(page))
 }
 
 /// Renders the landing page.
@@ -502,41 +484,50 @@ pub async fn page(State(state): State<AppState>) -> Html<String> {
         }
     };
     let now = chrono::Utc::now();
-    let mut out = String::with_capacity(32 * 1024);
-    let _ = write!(
-        out,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-         <meta http-equiv=\"refresh\" content=\"300\">\
-         <title>Follow-Up OKRs — okr-exporter</title><style>{STYLE}</style></head><body>\
-         <h1>Follow-Up OKR scorecard</h1>\
-         <p class=\"meta\">okr-exporter {ver} · generated {now} UTC · refreshes every 5 minutes · \
-         values refreshed every {every} by background collection</p>\
-         <nav><a href=\"metrics\">/metrics</a>\
-         <a href=\"api/okr/report?format=json\">report (JSON)</a>\
-         <a href=\"api/okr/report?format=csv\">report (CSV)</a></nav>",
-        ver = env!("CARGO_PKG_VERSION"),
-        now = now.format("%Y-%m-%d %H:%M:%S"),
-        every = humantime::format_duration(state.settings.collect_interval),
-    );
-    for w in &state.settings.windows.0 {
-        let _ = write!(
-            out,
-            "<section class=\"window\"><h2>Last {}</h2><div class=\"split\"><div class=\"grid\">",
-            escape(&w.label)
-        );
-        for line in scorecard(&state.store, targets, &w.label) {
-            let floor = (line.key == "draft_completion")
-                .then_some(targets.draft_completion_alert_floor_ratio);
-            card(&mut out, &w.label, &line, floor);
+    let markup = html! {
+        (PreEscaped("<!doctype html>"))
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                meta http-equiv="refresh" content="300";
+                title { "Follow-Up OKRs — okr-exporter" }
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                h1 { "Follow-Up OKR scorecard" }
+                p class="meta" {
+                    "okr-exporter " (env!("CARGO_PKG_VERSION"))
+                    " · generated " (now.format("%Y-%m-%d %H:%M:%S"))
+                    " UTC · refreshes every 5 minutes · values refreshed every "
+                    (humantime::format_duration(state.settings.collect_interval))
+                    " by background collection"
+                }
+                nav {
+                    a href="metrics" { "/metrics" }
+                    a href="api/okr/report?format=json" { "report (JSON)" }
+                    a href="api/okr/report?format=csv" { "report (CSV)" }
+                }
+                @for w in &state.settings.windows.0 {
+                    section class="window" {
+                        h2 { "Last " (w.label) }
+                        div class="split" {
+                            div class="grid" {
+                                @for line in scorecard(&state.store, targets, &w.label) {
+                                    @let floor = (line.key == "draft_completion")
+                                        .then_some(targets.draft_completion_alert_floor_ratio);
+                                    (card(&w.label, &line, floor))
+                                }
+                            }
+                            (adoption_table(w, &adoption(&state.store, &w.label)))
+                        }
+                    }
+                }
+                (trend_section(targets, rows.as_deref(), now.date_naive()))
+            }
         }
-        out.push_str("</div>");
-        adoption_table(&mut out, w, &adoption(&state.store, &w.label));
-        out.push_str("</div></section>");
-    }
-    trend_section(&mut out, targets, rows.as_deref(), now.date_naive());
-    out.push_str("</body></html>");
-    Html(out)
+    };
+    Html(markup.into_string())
 }
 
 #[cfg(test)]
@@ -551,7 +542,44 @@ mod tests {
         assert_eq!(fmt_value("ratio", 1.5), "1.500");
         assert_eq!(fmt_percent(0.75), "75 %");
         assert_eq!(fmt_percent(0.825), "82.5 %");
-        assert_eq!(escape("<a href=\"x\">"), "&lt;a href=&quot;x&quot;&gt;");
+    }
+
+    /// The card as the hand-written HTML builder wrote it, every spliced
+    /// text escaped.
+    #[test]
+    fn cards_escape_their_text_and_keep_their_attributes() {
+        let line = OkrLine {
+            key: "draft_completion".to_owned(),
+            name: "Draft <completion> & \"more\"".to_owned(),
+            metric: "okr_draft_completion_ratio".to_owned(),
+            unit: "ratio".to_owned(),
+            value: Some(0.5),
+            target: 0.8,
+            comparison: Comparison::AtLeast,
+            status: OkrStatus::Missed,
+            tracked_only: false,
+        };
+        assert_eq!(
+            card("7d", &line, Some(0.75)).into_string(),
+            "<div class=\"card missed below-floor\" data-okr=\"draft_completion\" \
+             data-window=\"7d\" data-value=\"0.5\" data-target=\"0.8\" data-status=\"missed\" \
+             data-below-floor=\"true\"><div class=\"name\">Draft &lt;completion&gt; &amp; \
+             &quot;more&quot;</div><div class=\"value\">50.0 %</div><div>target ≥ 80.0 %</div>\
+             <div class=\"status\">missed</div><div class=\"floor\">below the 75 % alert \
+             floor</div></div>"
+        );
+        let no_data = OkrLine {
+            value: None,
+            status: OkrStatus::NoData,
+            ..line
+        };
+        assert_eq!(
+            card("1d", &no_data, None).into_string(),
+            "<div class=\"card no_data\" data-okr=\"draft_completion\" data-window=\"1d\" \
+             data-value=\"\" data-target=\"0.8\" data-status=\"no_data\"><div class=\"name\">\
+             Draft &lt;completion&gt; &amp; &quot;more&quot;</div><div class=\"value\">no data\
+             </div><div>target ≥ 80.0 %</div><div class=\"status\">no data</div></div>"
+        );
     }
 
     fn window(label: &str, secs: u64) -> Window {
@@ -608,8 +636,7 @@ mod tests {
     fn charts_break_the_line_at_gaps_and_scale_the_axis() {
         let today = NaiveDate::from_ymd_opt(2026, 11, 10).unwrap();
         let rows = [day(10), day(9), day(7)];
-        let mut out = String::new();
-        trend_section(&mut out, &Targets::default(), Some(&rows), today);
+        let out = trend_section(&Targets::default(), Some(&rows), today).into_string();
         let engagement = &out[out.find("data-trend=\"engagement\"").unwrap()..];
         let engagement = &engagement[..engagement.find("</figure>").unwrap()];
         // Days 7 and 9–10: two pieces of line.
@@ -624,8 +651,7 @@ mod tests {
         let mobile = &out[out.find("data-trend=\"mobile_usage\"").unwrap()..];
         assert!(!mobile[..mobile.find("</figure>").unwrap()].contains("<circle"));
         assert!(mobile.contains("no daily data yet"));
-        let mut out = String::new();
-        trend_section(&mut out, &Targets::default(), None, today);
+        let out = trend_section(&Targets::default(), None, today).into_string();
         assert!(out.contains("history unavailable") && !out.contains("<svg"));
     }
 }

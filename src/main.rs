@@ -1,5 +1,7 @@
 //! The `okr-exporter` binary: parses the command line and wires components.
 
+#![deny(unsafe_code)]
+
 use std::process::ExitCode;
 
 use anyhow::Context;

@@ -5,17 +5,23 @@
 
 use std::collections::BTreeMap;
 
-use axum::Json;
 use axum::extract::{Query, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
 use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::api_error::ApiError;
 use crate::collector::{DraftCounts, SnapshotStore, Tally, mobile_share};
 use crate::config::Targets;
-use crate::server::AppState;
+use crate::state::AppState;
+
+/// The report route (put behind the read guard by [`crate::server`]).
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/api/okr/report", get(report))
+}
 
 /// How a value is compared with its target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,11 +337,14 @@ pub struct ReportQuery {
 }
 
 /// Serves the report.
-pub async fn report(
+async fn report(
     State(state): State<AppState>,
     query: Result<Query<ReportQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::malformed(e.body_text()))?;
+    let Query(q) = query.map_err(|e| ApiError::Malformed {
+        message: e.body_text(),
+        field: None,
+    })?;
     let windows = &state.settings.windows.0;
     let window = match q.window {
         Some(w) => windows

@@ -26,7 +26,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
-use crate::http_metrics::{RequestRecord, RequestSink, shard_count, thread_shard};
+use crate::http_metrics::{RequestRecord, RequestSink, ThreadSharded};
 
 /// Default queue capacity (rows waiting to be written).
 pub const DEFAULT_CAPACITY: usize = 10_000;
@@ -37,9 +37,10 @@ const INSERT_SQL: &str = "
 INSERT INTO performance_metrics (\"timestamp\", endpoint, method, response_time_ms, status_code, user_id)
 SELECT * FROM UNNEST($1::timestamptz[], $2::text[], $3::text[], $4::float8[], $5::int4[], $6::text[])";
 
-/// Per-thread queues of finished requests.
+/// Per-thread queues of finished requests, sharded as the middleware's
+/// counters are.
 #[derive(Debug)]
-struct Queues(Box<[Shard]>);
+struct Queues(ThreadSharded<Shard>);
 
 /// One thread shard's queue and its drop count, on cache lines of its own:
 /// a count shared by all threads cost ~40 ns per request with two threads
@@ -55,16 +56,12 @@ struct Shard {
 impl Queues {
     /// `capacity` rows in all, split between the shards.
     fn new(capacity: usize) -> Self {
-        let shards = shard_count();
+        let shards = ThreadSharded::<Shard>::shard_count();
         let each = capacity.div_ceil(shards).max(1);
-        Self(
-            (0..shards)
-                .map(|_| Shard {
-                    queue: ArrayQueue::new(each),
-                    dropped: AtomicU64::new(0),
-                })
-                .collect(),
-        )
+        Self(ThreadSharded::new(|| Shard {
+            queue: ArrayQueue::new(each),
+            dropped: AtomicU64::new(0),
+        }))
     }
 
     /// Rows dropped since the last call.
@@ -85,9 +82,7 @@ pub struct RequestLog {
 impl RequestLog {
     #[inline]
     fn shard(&self) -> &Shard {
-        let shards = &self.queues.0;
-        // The shard count is a power of two.
-        &shards[thread_shard() & (shards.len() - 1)]
+        self.queues.0.current()
     }
 }
 

@@ -1,6 +1,8 @@
-//! The exporter's HTTP server (DESIGN §5): `/metrics`, health endpoints,
-//! the landing page, the OKR report and the ingestion endpoints, with the
-//! background work (migrations, collection) it needs.
+//! The exporter (DESIGN §5): assembles the router from the route groups —
+//! [`scrape`] (`/metrics`), [`health`], the landing page, the report and
+//! ingestion — with the read guard of [`auth`] on the read group, and runs
+//! it with its background work (migrations retried until the database
+//! answers, collection).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -8,29 +10,23 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use base64::Engine;
+use axum::http::{HeaderName, Method};
+use axum::middleware;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use sqlx::PgPool;
-use subtle::ConstantTimeEq;
 use tokio::net::TcpListener;
 
-use crate::api_error::ApiError;
 use crate::backoff::Backoff;
 use crate::collector::{self, CollectorMetrics, Scheduler, SnapshotStore};
-use crate::config::{Secret, Settings};
+use crate::config::Settings;
 use crate::db_availability::{CollectorHealth, DatabaseAvailability};
-use crate::exposition;
 use crate::http_metrics::HttpMetricsLayer;
 use crate::request_log::{self, RequestLogOptions, RequestLogWriter};
-use crate::{db, ingest, landing, report};
+use crate::state::AppState;
+use crate::{auth, db, health, ingest, landing, report, scrape};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -61,26 +57,6 @@ pub enum ServerError {
 struct BuildLabels {
     version: String,
     revision: String,
-}
-
-/// Shared state of the handlers.
-#[derive(Clone)]
-pub struct AppState {
-    /// Metrics registry served on `/metrics`.
-    pub registry: Arc<Registry>,
-    /// Resolved settings.
-    pub settings: Arc<Settings>,
-    /// Primary pool (migrations, ingestion, rollups).
-    pub pool: PgPool,
-    /// Pool for the collector's reads (read replica when configured).
-    pub read_pool: PgPool,
-    /// Last collected OKR values.
-    pub store: Arc<SnapshotStore>,
-    /// True once migrations are applied.
-    pub migrated: Arc<AtomicBool>,
-    /// Whether ingestion may use the database now (refused at once while
-    /// it is known to be down).
-    pub database: Arc<DatabaseAvailability>,
 }
 
 /// The exporter: state, router and background work, ready to run.
@@ -271,102 +247,22 @@ async fn bootstrap(state: AppState) {
     }
 }
 
-/// The exporter's router over `state`.
+/// The exporter's router over `state`: the read group (`/metrics`, `/`,
+/// the report) behind the read guard, health and ingestion beside it.
 pub fn router(state: AppState) -> Router {
     let read = Router::new()
-        .route("/metrics", get(metrics))
-        .route("/", get(landing::page))
-        .route("/api/okr/report", get(report::report))
-        .route_layer(middleware::from_fn_with_state(state.clone(), read_auth));
-    let ingest = ingest::routes(&state.settings);
+        .merge(scrape::routes())
+        .merge(landing::routes())
+        .merge(report::routes())
+        .route_layer(middleware::from_fn_with_state(
+            Arc::clone(&state.settings),
+            auth::require_read_credentials,
+        ));
     Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .merge(health::routes())
         .merge(read)
-        .merge(ingest)
+        .merge(ingest::routes(&state.settings))
         .with_state(state)
-}
-
-async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = exposition::negotiate(accept);
-    match exposition::encode(&state.registry, format) {
-        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
-        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
-            .into_response(),
-    }
-}
-
-async fn healthz() -> &'static str {
-    "ok\n"
-}
-
-async fn readyz(State(state): State<AppState>) -> Response {
-    if !state.migrated.load(Ordering::Acquire) {
-        return ApiError::unavailable("migrations not applied yet").into_response();
-    }
-    let ping = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await;
-    match ping {
-        Ok(Ok(_)) => (StatusCode::OK, "ready\n").into_response(),
-        _ => ApiError::unavailable("database unreachable").into_response(),
-    }
-}
-
-/// Guards `/metrics`, `/` and the report when a token or basic credentials
-/// are configured.
-async fn read_auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let s = &state.settings;
-    if s.metrics_token.is_none() && s.metrics_basic_auth.is_none() {
-        return next.run(req).await;
-    }
-    let auth = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    let ok = match auth {
-        Some(h) if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") => s
-            .metrics_token
-            .as_ref()
-            .is_some_and(|t| secret_eq(t, h[7..].trim())),
-        Some(h) if h.len() > 6 && h[..6].eq_ignore_ascii_case("basic ") => {
-            s.metrics_basic_auth.as_ref().is_some_and(|c| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(h[6..].trim())
-                    .ok()
-                    .and_then(|raw| String::from_utf8(raw).ok())
-                    .and_then(|pair| {
-                        pair.split_once(':').map(|(u, p)| {
-                            let user_ok = u.as_bytes().ct_eq(c.user.as_bytes());
-                            let pass_ok = p.as_bytes().ct_eq(c.password.expose().as_bytes());
-                            bool::from(user_ok & pass_ok)
-                        })
-                    })
-                    .unwrap_or(false)
-            })
-        }
-        _ => false,
-    };
-    if ok {
-        next.run(req).await
-    } else {
-        let mut resp = ApiError::unauthorized("missing or wrong credentials").into_response();
-        if s.metrics_basic_auth.is_some() {
-            resp.headers_mut().append(
-                header::WWW_AUTHENTICATE,
-                axum::http::HeaderValue::from_static("Basic realm=\"okr-exporter\""),
-            );
-        }
-        resp
-    }
-}
-
-/// Compares a presented token with the configured one in constant time.
-pub fn secret_eq(expected: &Secret, presented: &str) -> bool {
-    bool::from(expected.expose().as_bytes().ct_eq(presented.as_bytes()))
 }
 
 /// Completes on SIGINT or SIGTERM.

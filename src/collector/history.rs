@@ -122,36 +122,22 @@ impl HistoryContext {
     }
 }
 
-/// One OKR family's sweep.
-type Sweep =
+/// One OKR family's sweep over its history (registered beside its live
+/// collector in [`registry::COLLECTORS`](super::registry::COLLECTORS)).
+pub type Sweep =
     for<'a> fn(
         &'a mut sqlx::PgConnection,
         &'a HistoryContext,
     ) -> futures_util::future::BoxFuture<'a, Result<Vec<HistoryFamily>, sqlx::Error>>;
 
-/// Every OKR family's sweep, by collector name, in the order of
-/// [`all_collectors`](super::all_collectors).
-const SWEEPS: [(&str, Sweep); 7] = [
-    ("creation_time", |c, h| {
-        Box::pin(super::creation_time::history(c, h))
-    }),
-    ("drafts", |c, h| Box::pin(super::drafts::history(c, h))),
-    ("engagement", |c, h| {
-        Box::pin(super::engagement::history(c, h))
-    }),
-    ("next_action", |c, h| {
-        Box::pin(super::next_action::history(c, h))
-    }),
-    ("mobile", |c, h| Box::pin(super::mobile::history(c, h))),
-    ("adoption", |c, h| Box::pin(super::adoption::history(c, h))),
-    ("inventory", |c, h| {
-        Box::pin(super::inventory::history(c, h))
-    }),
-];
-
-/// Names of the collectors whose history a backfill computes.
+/// Names of the collectors whose history a backfill computes, in registry
+/// order.
 pub fn history_collectors() -> Vec<&'static str> {
-    SWEEPS.iter().map(|(name, _)| *name).collect()
+    super::registry::COLLECTORS
+        .iter()
+        .filter(|r| r.history.is_some())
+        .map(|r| r.name)
+        .collect()
 }
 
 /// Computes one collector's history (`name` from [`history_collectors`]) on
@@ -162,8 +148,8 @@ pub async fn collector_history(
     h: &HistoryContext,
     name: &str,
 ) -> Result<Vec<HistoryFamily>, sqlx::Error> {
-    match SWEEPS.iter().find(|(n, _)| *n == name) {
-        Some((_, sweep)) => sweep(conn, h).await,
+    match super::registry::find(name).and_then(|r| r.history) {
+        Some(sweep) => sweep(conn, h).await,
         None => Ok(Vec::new()),
     }
 }

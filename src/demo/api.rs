@@ -33,7 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -48,7 +48,6 @@ use uuid::Uuid;
 
 use crate::api_error::ApiError;
 use crate::config::{Secret, Settings};
-use crate::exposition;
 use crate::http_metrics::HttpMetricsLayer;
 use crate::ingest::{CreationTimeEvent, IngestResponse, NextActionEvent};
 
@@ -122,10 +121,9 @@ impl ExporterRelay {
                 Ok(answer) => Ok(answer.recorded),
                 Err(e) => {
                     tracing::warn!(path, error = %e, "demo API: unexpected answer from the exporter");
-                    Err(ApiError::new(
-                        StatusCode::BAD_GATEWAY,
-                        "the OKR exporter answered something unexpected",
-                    ))
+                    Err(ApiError::Upstream {
+                        message: "the OKR exporter answered something unexpected".into(),
+                    })
                 }
             };
         }
@@ -141,26 +139,24 @@ impl ExporterRelay {
         match status.as_u16() {
             409 | 422 => {
                 tracing::info!(path, status = status.as_u16(), error = %message, "demo API: the exporter refused an event");
-                let err = ApiError::new(
-                    status,
-                    format!("the OKR exporter refused the event: {message}"),
-                );
-                Err(match field {
-                    Some(f) => err.field(f),
-                    None => err,
+                let message = format!("the OKR exporter refused the event: {message}");
+                let field = field.map(str::to_owned);
+                Err(if status == StatusCode::CONFLICT {
+                    ApiError::Conflict { message, field }
+                } else {
+                    ApiError::Invalid { field, message }
                 })
             }
             400..=499 => {
                 // The API built this request: a 401 (wrong token) or any
                 // other refusal is a configuration error on the server side.
                 tracing::error!(path, status = status.as_u16(), error = %message, "demo API: the exporter refused the relay (check the ingest token and URL)");
-                Err(ApiError::new(
-                    StatusCode::BAD_GATEWAY,
-                    format!(
+                Err(ApiError::Upstream {
+                    message: format!(
                         "the OKR exporter refused the relayed event ({}): {message}",
                         status.as_u16()
                     ),
-                ))
+                })
             }
             _ => {
                 tracing::warn!(path, status = status.as_u16(), error = %message, "demo API: the exporter cannot record events now");
@@ -258,10 +254,8 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match Json::<T>::from_request(req, state).await {
-            Ok(Json(value)) => Ok(Self(value)),
-            Err(rejection) => Err(ApiError::new(rejection.status(), rejection.body_text())),
-        }
+        let Json(value) = Json::<T>::from_request(req, state).await?;
+        Ok(Self(value))
     }
 }
 
@@ -281,7 +275,10 @@ async fn work(lo: u64, hi: u64, tail: f64) {
 }
 
 fn not_found() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no follow-up with this id").field("id")
+    ApiError::NotFound {
+        message: "no follow-up with this id".into(),
+        field: Some("id".into()),
+    }
 }
 
 /// Parses a path id; a value that is not a UUID names no follow-up.
@@ -289,9 +286,14 @@ fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
     Uuid::parse_str(raw).map_err(|_| not_found())
 }
 
-/// 503 for an event this API has nowhere to relay (a [`router`] without relay).
-fn no_relay() -> ApiError {
-    ApiError::unavailable("this API relays no events to an OKR exporter")
+/// 503 for an event this API has nowhere to relay (a [`router`] without
+/// relay), naming the request field that carried it.
+fn no_relay(field: Option<&str>) -> ApiError {
+    ApiError::Unavailable {
+        message: "this API relays no events to an OKR exporter".into(),
+        field: field.map(str::to_owned),
+        retry_after: None,
+    }
 }
 
 fn db_error(e: sqlx::Error) -> ApiError {
@@ -416,7 +418,7 @@ async fn update(
             ));
         }
         if state.relay.is_none() {
-            return Err(no_relay().field("creation_seconds"));
+            return Err(no_relay(Some("creation_seconds")));
         }
     }
     work(5, 40, 0.02).await;
@@ -431,10 +433,10 @@ async fn update(
         return Err(not_found());
     };
     if status == "deleted" {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the follow-up is deleted",
-        ));
+        return Err(ApiError::Conflict {
+            message: "the follow-up is deleted".into(),
+            field: None,
+        });
     }
     let publish_now = body.publish && status == "draft";
     if body.creation_seconds.is_some() && !(publish_now || status == "published") {
@@ -478,18 +480,23 @@ async fn update(
         relay
             .send("/api/okr/creation-time", &event)
             .await
-            .map_err(|e| ApiError {
-                message: format!(
-                    "the follow-up is published, but its creation time was not recorded: {}",
-                    e.message
-                ),
+            .map_err(|e| {
+                let e = e.map_message(|m| {
+                    format!(
+                        "the follow-up is published, but its creation time was not recorded: {m}"
+                    )
+                });
                 // What the exporter refused is this request's creation time.
-                field: if matches!(e.status.as_u16(), 409 | 422) {
-                    Some("creation_seconds".to_owned())
-                } else {
-                    e.field
-                },
-                status: e.status,
+                match e {
+                    ApiError::Conflict { message, .. } => ApiError::Conflict {
+                        message,
+                        field: Some("creation_seconds".into()),
+                    },
+                    ApiError::Invalid { message, .. } => {
+                        ApiError::invalid("creation_seconds", message)
+                    }
+                    e => e,
+                }
             })?;
     }
     Ok(Json(row))
@@ -581,7 +588,7 @@ async fn next_action(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let id = parse_id(&id)?;
-    let relay = state.relay.as_ref().ok_or_else(no_relay)?;
+    let relay = state.relay.as_ref().ok_or_else(|| no_relay(None))?;
     work(5, 25, 0.01).await;
     let published: Option<(Option<DateTime<Utc>>,)> =
         sqlx::query_as("SELECT published_at FROM followups WHERE id = $1")
@@ -593,10 +600,10 @@ async fn next_action(
         return Err(not_found());
     };
     let Some(published_at) = published_at else {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "the follow-up is not published",
-        ));
+        return Err(ApiError::Conflict {
+            message: "the follow-up is not published".into(),
+            field: None,
+        });
     };
     // Now, at the database's microsecond precision, and never before the
     // publish (the exporter refuses an action before it).
@@ -659,16 +666,16 @@ async fn view(
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn metrics_page(State(state): State<ApiState>, headers: HeaderMap) -> Response {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = exposition::negotiate(accept);
-    match exposition::encode(&state.registry, format) {
-        Ok(body) => ([(header::CONTENT_TYPE, format.content_type())], body).into_response(),
-        Err(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed")
-            .into_response(),
-    }
+async fn metrics_page(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    crate::scrape::respond(&state.registry, &headers)
 }
 
 async fn unknown_route() -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, "no such route")
+    ApiError::NotFound {
+        message: "no such route".into(),
+        field: None,
+    }
 }

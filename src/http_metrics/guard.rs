@@ -3,8 +3,9 @@
 use std::time::Duration;
 
 use super::layer::State;
+use super::shard::thread_shard;
 use super::sink::{LogExtra, LogState, RequestRecord, received_method};
-use super::store::{RouteSeries, thread_shard};
+use super::store::RouteSeries;
 use super::{STATUS_CLIENT_CLOSED_REQUEST, STATUS_INTERNAL_ERROR};
 
 /// Status value meaning "no response yet".

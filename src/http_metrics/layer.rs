@@ -7,18 +7,20 @@ use http::{HeaderName, Method};
 use prometheus_client::registry::{Registry, Unit};
 use tower::Layer;
 
-use super::clock::RawClock;
+use super::clock::{LatencyClock, RawClock};
 use super::exposition::{ActiveRequests, LatencyTargets, RequestDuration};
 use super::service::HttpMetrics;
+use super::shard::shard_count;
 use super::sink::{LogState, RequestSink, WallClock};
-use super::store::{Buckets, RouteTable, method_index, shard_count};
+use super::store::{Buckets, RouteTable, method_index};
 use super::{DEFAULT_BUCKETS, DEFAULT_UNMATCHED_ROUTE};
 
 /// A tower layer recording `http_server_*` metrics for every request of the
 /// service it wraps; see the [module documentation](super).
 ///
 /// Cloning is a pointer copy: create the layer once per registry, at
-/// start-up, and clone it wherever it is needed.
+/// start-up, and clone it wherever it is needed. Its state is never freed
+/// (see [`HttpMetricsBuilder::register`]).
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
     state: &'static State,
@@ -40,6 +42,7 @@ impl HttpMetricsLayer {
 impl fmt::Debug for HttpMetricsLayer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HttpMetricsLayer")
+            .field("clock", &self.state.clock.name())
             .field("buckets", &self.state.buckets.bounds())
             .field("latency_targets", &self.state.targets)
             .field("sink", &self.state.log.is_some())
@@ -68,6 +71,7 @@ pub struct HttpMetricsBuilder {
     unmatched_route_label: &'static str,
     sink: Option<Arc<dyn RequestSink>>,
     user_id_header: Option<HeaderName>,
+    clock: LatencyClock,
 }
 
 impl Default for HttpMetricsBuilder {
@@ -78,6 +82,7 @@ impl Default for HttpMetricsBuilder {
             unmatched_route_label: DEFAULT_UNMATCHED_ROUTE,
             sink: None,
             user_id_header: None,
+            clock: LatencyClock::Auto,
         }
     }
 }
@@ -90,6 +95,7 @@ impl fmt::Debug for HttpMetricsBuilder {
             .field("unmatched_route_label", &self.unmatched_route_label)
             .field("sink", &self.sink.is_some())
             .field("user_id_header", &self.user_id_header)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -161,35 +167,64 @@ impl HttpMetricsBuilder {
         self
     }
 
+    /// The clock that times requests (default [`LatencyClock::Auto`]: the
+    /// TSC where the kernel's clocksource is `tsc`, `std::time::Instant`
+    /// otherwise). The choice is logged at `info` when the layer is
+    /// registered.
+    pub fn clock(mut self, clock: LatencyClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
     /// Registers `http_server_request_duration_seconds`,
     /// `http_server_active_requests` and `http_server_latency_target_seconds`
     /// in `registry` (no prefix is added) and returns the layer feeding them.
     ///
     /// Register once per registry; registering twice duplicates the families.
-    /// The counters allocated here are never freed — they live for the rest
-    /// of the process, as exported metrics do — so build layers at start-up,
-    /// not per request.
+    /// The state allocated here (counters, route table, sink) is never freed:
+    /// it lives for the rest of the process, as exported metrics do. Register
+    /// once per process, at start-up — not per request, per router or per
+    /// test in a loop; each call leaks one state (`tests/http_metrics_alloc.rs`
+    /// bounds its size).
     pub fn register(self, registry: &mut Registry) -> HttpMetricsLayer {
         let targets = self.targets.unwrap_or_else(default_targets);
         let shards = shard_count();
-        let clock = RawClock::new();
+        // Chosen (and, for the TSC, calibrated) once, here rather than on
+        // the first request.
+        let (clock, reason) = RawClock::choose(self.clock);
+        tracing::info!(
+            clock = clock.name(),
+            requested = ?self.clock,
+            reason,
+            "http_metrics: request latency clock"
+        );
         let log = self.sink.map(|sink| LogState {
             sink,
             user_id_header: self.user_id_header,
             wall: WallClock::new(&clock),
         });
         // Leaked on purpose: requests, services and the registry all hold a
-        // plain `&'static` instead of an `Arc`, because axum clones the
-        // service for every request and a shared reference count costs a
-        // cache-line transfer between cores per clone (see `BENCHMARKS.md`,
-        // two threads on one route). Allocated once per `register` call,
-        // normally once per process.
+        // plain `&'static` instead of an `Arc`, because axum clones a route's
+        // service for every request, and with an `Arc` each clone (and each
+        // request guard) writes the one reference count every thread shares.
+        // Measured with the paired bench (`PAIRED_ONLY=1 cargo bench --bench
+        // http_metrics`, 2026-11-30, two runs each, 2-vCPU VM), layer alone
+        // over the empty layer: with the `Arc` 48/52 ns on one thread and
+        // 96/190 ns with two threads on one route (2.0-3.7x the
+        // single-thread cost; through the router +98/+126 ns); leaked, 56/47
+        // and 69/50 ns (1.1-1.2x; router +19/+20 ns), as before the `Arc`
+        // was tried (HEAD: 45 and 60 ns). The one-thread difference is within
+        // this machine's noise; the two-thread one breaks the goal of at most
+        // 1.5x (`BENCHMARKS.md`, "No `Arc` on the hot path").
+        //
+        // The cost: one state (about 31 KB with 4 shards, plus its routes'
+        // counters) is never freed per `register` call, which is meant to be
+        // made once per process (`tests/http_metrics_alloc.rs` bounds it).
         let state: &'static State = Box::leak(Box::new(State {
             buckets: Buckets::new(&self.buckets, &DEFAULT_BUCKETS),
             routes: RouteTable::new(self.unmatched_route_label, shards),
             targets,
             log,
-            // Calibrated once, here rather than on the first request.
             clock,
         }));
         registry.register_with_unit(
@@ -245,8 +280,9 @@ pub(crate) struct State {
     pub(crate) targets: Vec<LatencyTarget>,
     /// Set when a request sink is configured.
     pub(crate) log: Option<LogState>,
-    /// TSC-based where available: two reads cost less than half of two
-    /// `std::time::Instant::now()` calls on the benchmark machine, the largest
-    /// single item of the per-request cost.
+    /// Chosen by [`HttpMetricsBuilder::clock`]; the TSC where trusted: two
+    /// reads cost less than half of two `std::time::Instant::now()` calls
+    /// on the benchmark machine, the largest single item of the per-request
+    /// cost.
     pub(crate) clock: RawClock,
 }

@@ -81,6 +81,18 @@
 //! measurements against an empty layer, prometheus-client's own histogram and
 //! axum-prometheus.
 //!
+//! # Clock
+//!
+//! [`HttpMetricsBuilder::clock`] picks the clock that times requests
+//! ([`LatencyClock`]). The default, `Auto`, reads the TSC (quanta's
+//! calibrated reader, inline `rdtsc`) where the kernel's clocksource is `tsc`
+//! (`/sys/devices/system/clocksource/clocksource0/current_clocksource`), and
+//! `std::time::Instant` otherwise — on a virtual machine whose TSC the kernel
+//! does not trust, latencies stay right at the cost of slower reads.
+//! `LatencyClock::Monotonic` asks for `Instant` everywhere. The choice is
+//! logged at `info` (`http_metrics: request latency clock`) each time a
+//! layer is registered.
+//!
 //! # Request log
 //!
 //! [`HttpMetricsBuilder::request_sink`] feeds a [`RequestSink`] one
@@ -100,14 +112,16 @@ mod future;
 mod guard;
 mod layer;
 mod service;
+mod shard;
 mod sink;
 mod store;
 
+pub use clock::LatencyClock;
 pub use future::ResponseFuture;
 pub use layer::{HttpMetricsBuilder, HttpMetricsLayer};
 pub use service::HttpMetrics;
+pub use shard::ThreadSharded;
 pub use sink::{MAX_USER_ID_LEN, RequestRecord, RequestSink};
-pub(crate) use store::{shard_count, thread_shard};
 
 /// Default histogram bucket upper bounds in seconds: the OpenTelemetry HTTP
 /// boundaries plus 0.2, so that every default latency target is a bucket edge.

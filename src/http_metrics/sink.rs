@@ -123,6 +123,8 @@ fn standard_method(index: u8) -> Method {
 /// One atomic word holds the offset, so a reader never sees half of an
 /// update; concurrent refreshes each store a valid offset.
 pub(crate) struct WallClock {
+    /// The system clock (`SystemTime::now`; a fake one in tests).
+    system_time: fn() -> SystemTime,
     /// Wall-clock nanoseconds since the Unix epoch minus raw-clock
     /// nanoseconds, at the last refresh.
     offset: AtomicI64,
@@ -135,11 +137,16 @@ pub(crate) struct WallClock {
 
 impl WallClock {
     pub(crate) fn new(clock: &RawClock) -> Self {
+        Self::with_system_time(clock, SystemTime::now)
+    }
+
+    fn with_system_time(clock: &RawClock, system_time: fn() -> SystemTime) -> Self {
         // The raw clock's rate, from its own scaling of a large span.
         let span: u64 = 1 << 40;
         let nanos = u128::from(clock.delta_as_nanos(0, span).max(1));
         let ticks = u128::from(span) * 1_000_000_000 / nanos;
         let this = Self {
+            system_time,
             offset: AtomicI64::new(0),
             refresh_after: AtomicU64::new(0),
             ticks_per_refresh: u64::try_from(ticks).unwrap_or(u64::MAX).max(1),
@@ -163,7 +170,7 @@ impl WallClock {
 
     #[cold]
     fn refresh(&self, clock: &RawClock) {
-        let wall = SystemTime::now()
+        let wall = (self.system_time)()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX));
         let raw = clock.raw();
@@ -235,25 +242,57 @@ mod tests {
     }
 
     #[test]
-    fn wall_clock_matches_system_time() {
-        let clock = RawClock::new();
+    fn wall_clock_refreshes_once_a_second_of_the_tsc() {
+        let clock = RawClock::tsc();
         let wall = WallClock::new(&clock);
         // The offset is re-taken every second of the raw clock.
         let second = clock.delta_as_nanos(0, wall.ticks_per_refresh);
         assert!((999_000_000..=1_001_000_000).contains(&second), "{second}");
-        let before = SystemTime::now();
-        let raw = clock.raw();
-        let after = SystemTime::now();
-        let t = wall.time_of(&clock, raw, clock.raw());
-        let slack = Duration::from_millis(5);
-        assert!(
-            t + slack >= before && t <= after + slack,
-            "{t:?} not in [{before:?}, {after:?}]"
+    }
+
+    /// The wall-clock time of a raw reading: offsets and refreshes checked
+    /// against a raw clock and a system clock both set by the test, so every
+    /// expected time is exact.
+    #[test]
+    fn wall_clock_converts_readings_with_the_offset_of_its_last_refresh() {
+        static SYSTEM_NANOS: AtomicU64 = AtomicU64::new(0);
+        fn system_time() -> SystemTime {
+            UNIX_EPOCH + Duration::from_nanos(SYSTEM_NANOS.load(Ordering::Relaxed))
+        }
+        let at = |nanos: u64| UNIX_EPOCH + Duration::from_nanos(nanos);
+        const SECOND: u64 = 1_000_000_000;
+        // Wall clock at 1,700,000,000 s when the raw clock reads 5 s.
+        let wall_start = 1_700_000_000 * SECOND;
+        let raw = Arc::new(AtomicU64::new(5 * SECOND));
+        let clock = RawClock::manual(Arc::clone(&raw));
+        SYSTEM_NANOS.store(wall_start, Ordering::Relaxed);
+        let wall = WallClock::with_system_time(&clock, system_time);
+        assert_eq!(wall.ticks_per_refresh, SECOND, "nanosecond readings");
+
+        // Within the second: the first offset, whatever the system clock
+        // says now (it is read only on refresh).
+        SYSTEM_NANOS.store(wall_start + 999 * SECOND, Ordering::Relaxed);
+        let (start, now) = (5 * SECOND + 250, 5 * SECOND + 700_000_000);
+        assert_eq!(wall.time_of(&clock, start, now), at(wall_start + 250));
+        // A reading from before the clock was made converts too.
+        assert_eq!(
+            wall.time_of(&clock, 4 * SECOND, now),
+            at(wall_start - SECOND)
         );
-        // A reading taken before a refresh still converts.
-        let earlier = clock.raw();
-        std::thread::sleep(Duration::from_millis(20));
-        let t2 = wall.time_of(&clock, earlier, clock.raw());
-        assert!(t2 + slack >= t && t2 <= SystemTime::now());
+
+        // A second later the offset is re-taken, at the raw clock's
+        // current reading: the system clock was stepped 2 s forward.
+        raw.store(6 * SECOND, Ordering::Relaxed);
+        SYSTEM_NANOS.store(wall_start + 3 * SECOND, Ordering::Relaxed);
+        assert_eq!(
+            wall.time_of(&clock, 6 * SECOND - 100, 6 * SECOND),
+            at(wall_start + 3 * SECOND - 100)
+        );
+        // And kept for the next second.
+        SYSTEM_NANOS.store(0, Ordering::Relaxed);
+        assert_eq!(
+            wall.time_of(&clock, 6 * SECOND + 10, 6 * SECOND + 20),
+            at(wall_start + 3 * SECOND + 10)
+        );
     }
 }

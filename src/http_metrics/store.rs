@@ -6,7 +6,7 @@
 //! Entries are created on first sight and never removed, so the hot path is a
 //! hash, a few atomic loads and three `fetch_add`s — no lock.
 //!
-//! Every counter is sharded by thread ([`thread_shard`]), each shard on its
+//! Every counter is sharded by thread (see `shard.rs`), each shard on its
 //! own 128-byte block, so threads serving the same route do not bounce cache
 //! lines between cores; scrapes add the shards up.
 //!
@@ -16,11 +16,12 @@
 //! that straightforward layer against this one; see `BENCHMARKS.md`.
 
 use axum::extract::MatchedPath;
-use std::cell::Cell;
-use std::sync::atomic::{AtomicU16, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use http::Method;
+
+use super::shard::thread_shard;
 
 /// Number of method label values: the nine standard methods and `_OTHER`.
 pub(crate) const METHOD_COUNT: usize = 10;
@@ -72,43 +73,6 @@ pub(crate) fn method_index(method: &Method) -> u8 {
     } else {
         METHOD_OTHER
     }
-}
-
-/// Bounds on counter shards per series. The floor matters because the
-/// detected parallelism can understate the threads that really run at once
-/// (it follows the calling thread's CPU affinity and the cgroup CPU quota).
-const MIN_SHARDS: usize = 4;
-const MAX_SHARDS: usize = 16;
-
-/// Number of counter shards: the machine's parallelism rounded up to a power
-/// of two (so a shard is picked with a mask), within the bounds above.
-pub(crate) fn shard_count() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .next_power_of_two()
-        .clamp(MIN_SHARDS, MAX_SHARDS)
-}
-
-thread_local! {
-    static THREAD_SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-static NEXT_THREAD_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-/// This thread's shard number, before masking: threads are numbered in the
-/// order they first record, so a runtime's worker threads get distinct shards.
-#[inline]
-pub(crate) fn thread_shard() -> usize {
-    THREAD_SHARD
-        .try_with(|shard| {
-            let mut value = shard.get();
-            if value == usize::MAX {
-                value = NEXT_THREAD_SHARD.fetch_add(1, Ordering::Relaxed);
-                shard.set(value);
-            }
-            value
-        })
-        .unwrap_or(0)
 }
 
 /// Histogram bucket upper bounds, in seconds for the exposition and in
@@ -603,6 +567,7 @@ fn hash(bytes: &[u8]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
 
     const DEFAULT: [f64; 2] = [0.1, 1.0];
 

@@ -52,7 +52,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::http::{HeaderValue, Request, header};
 use axum::response::{IntoResponse, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -429,13 +429,12 @@ async fn respond_within(
 }
 
 fn body_timeout(after: Duration) -> Response {
-    closing(ApiError::new(
-        StatusCode::REQUEST_TIMEOUT,
-        format!(
+    closing(ApiError::Timeout {
+        message: format!(
             "the request body did not arrive within {}",
             humantime::format_duration(after)
         ),
-    ))
+    })
 }
 
 /// `error` with `Connection: close`.

@@ -1,15 +1,22 @@
 //! The alerting configuration (`alerts/`, `provisioning/prometheus/`,
 //! `provisioning/alertmanager/`, `docs/runbooks.md`) checked with the real
-//! tools, one test per check, plus structural checks of the rule files.
+//! tools, one test per check, plus structural checks of the rule files,
+//! read with a YAML parser (`serde_saphyr`) and their expressions with a
+//! PromQL parser (module [`promql`]).
 //!
 //! Needs `promtool` (Debian package `prometheus`) and `amtool` and
 //! `alertmanager` (Debian package `prometheus-alertmanager`) on `PATH`;
 //! without them these tests fail and say what to install.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use promql_parser::parser::{Expr, LabelModifier, VectorMatchCardinality};
+use serde::Deserialize;
+
+use crate::promql;
 
 /// Base of every `runbook_url` in the rule files.
 const RUNBOOK_BASE: &str =
@@ -195,81 +202,90 @@ fn markdown_anchors(markdown: &str) -> BTreeSet<String> {
     anchors
 }
 
-/// Value of a `key: value` line, without surrounding quotes.
-fn yaml_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let rest = line.trim_start().strip_prefix(key)?.strip_prefix(':')?;
-    Some(rest.trim().trim_matches('"').trim_matches('\''))
+/// A Prometheus rule file, as `promtool check rules` reads it.
+#[derive(Debug, Deserialize)]
+struct RuleFile {
+    groups: Vec<RuleGroup>,
 }
 
-/// One alerting rule of a rule file, as lines of text.
-struct AlertRule {
+/// One group of a rule file.
+#[derive(Debug, Deserialize)]
+struct RuleGroup {
+    rules: Vec<Rule>,
+}
+
+/// One alerting (`alert`) or recording (`record`) rule.
+#[derive(Debug, Deserialize)]
+struct Rule {
+    alert: Option<String>,
+    record: Option<String>,
+    expr: String,
+    #[serde(rename = "for")]
+    for_duration: Option<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+}
+
+/// A rule with the file it comes from.
+struct FileRule {
     file: String,
-    name: String,
-    lines: Vec<String>,
+    rule: Rule,
 }
 
-impl AlertRule {
-    fn values(&self, key: &str) -> Vec<&str> {
-        self.lines
-            .iter()
-            .filter_map(|line| yaml_value(line, key))
-            .collect()
+impl FileRule {
+    /// Where the rule is, for messages.
+    fn at(&self) -> String {
+        let name = self.rule.alert.as_deref().or(self.rule.record.as_deref());
+        format!("{} ({})", name.unwrap_or("?"), self.file)
     }
 
-    /// The text of a (possibly folded, multi-line) annotation: its first
-    /// line plus the following lines indented deeper than its key.
-    fn block(&self, key: &str) -> Option<String> {
-        let start = self
-            .lines
-            .iter()
-            .position(|line| yaml_value(line, key).is_some())?;
-        let indent = |line: &str| line.len() - line.trim_start().len();
-        let key_indent = indent(&self.lines[start]);
-        let mut text = yaml_value(&self.lines[start], key)
-            .unwrap_or_default()
-            .to_string();
-        for line in &self.lines[start + 1..] {
-            if !line.trim().is_empty() && indent(line) <= key_indent {
-                break;
-            }
-            text.push(' ');
-            text.push_str(line.trim());
-        }
-        Some(text)
+    /// The rule's expression, parsed.
+    fn expr(&self) -> Expr {
+        promql::parse(&self.at(), &self.rule.expr)
     }
 }
 
-/// Splits every rule file into its alerting rules (recording rules are
-/// skipped). The files keep one rule per `- alert:` / `- record:` item.
-fn alert_rules() -> Vec<AlertRule> {
+/// Every rule of every rule file, parsed with a YAML parser.
+fn all_rules() -> Vec<FileRule> {
     let mut rules = Vec::new();
     for path in rule_files() {
         let file = path.file_name().unwrap().to_string_lossy().into_owned();
-        let mut current: Option<AlertRule> = None;
-        for line in read(&path).lines() {
-            let item = line.trim_start().strip_prefix("- ");
-            let starts_item = item.is_some_and(|i| {
-                i.starts_with("alert:") || i.starts_with("record:") || i.starts_with("name:")
-            });
-            if starts_item {
-                rules.extend(current.take());
-                if let Some(name) = item.and_then(|i| yaml_value(i, "alert")) {
-                    current = Some(AlertRule {
-                        file: file.clone(),
-                        name: name.to_string(),
-                        lines: Vec::new(),
-                    });
-                }
-                continue;
-            }
-            if let Some(rule) = current.as_mut() {
-                rule.lines.push(line.to_string());
-            }
+        let parsed: RuleFile = serde_saphyr::from_str(&read(&path))
+            .unwrap_or_else(|e| panic!("{}: not a rule file: {e}", path.display()));
+        for group in parsed.groups {
+            rules.extend(group.rules.into_iter().map(|rule| FileRule {
+                file: file.clone(),
+                rule,
+            }));
         }
-        rules.extend(current);
     }
+    rules
+}
+
+/// The alerting rules of every rule file (recording rules are left out).
+fn alert_rules() -> Vec<FileRule> {
+    let rules: Vec<FileRule> = all_rules()
+        .into_iter()
+        .filter(|r| r.rule.alert.is_some())
+        .collect();
     assert!(!rules.is_empty(), "no alerting rules found in alerts/*.yml");
     rules
+}
+
+#[test]
+fn every_rule_expression_is_valid_promql() {
+    let rules = all_rules();
+    assert!(rules.iter().any(|r| r.rule.record.is_some()));
+    for rule in &rules {
+        assert!(
+            rule.rule.alert.is_some() != rule.rule.record.is_some(),
+            "{}: a rule is either `alert` or `record`",
+            rule.at()
+        );
+        rule.expr();
+    }
 }
 
 #[test]
@@ -277,20 +293,18 @@ fn every_runbook_url_points_at_a_section_of_docs_runbooks_md() {
     let anchors = markdown_anchors(&read(&repo().join("docs/runbooks.md")));
     let mut problems = Vec::new();
     let mut seen = 0;
-    for path in rule_files() {
-        for (number, line) in read(&path).lines().enumerate() {
-            let Some(url) = yaml_value(line, "runbook_url") else {
-                continue;
-            };
-            seen += 1;
-            let place = format!("{}:{}", path.display(), number + 1);
-            match url.strip_prefix(RUNBOOK_BASE) {
-                None => problems.push(format!("{place}: {url} does not start with {RUNBOOK_BASE}")),
-                Some(anchor) if !anchors.contains(anchor) => problems.push(format!(
-                    "{place}: no heading with anchor #{anchor} in docs/runbooks.md"
-                )),
-                Some(_) => {}
-            }
+    for rule in all_rules() {
+        let Some(url) = rule.rule.annotations.get("runbook_url") else {
+            continue;
+        };
+        seen += 1;
+        let place = rule.at();
+        match url.strip_prefix(RUNBOOK_BASE) {
+            None => problems.push(format!("{place}: {url} does not start with {RUNBOOK_BASE}")),
+            Some(anchor) if !anchors.contains(anchor) => problems.push(format!(
+                "{place}: no heading with anchor #{anchor} in docs/runbooks.md"
+            )),
+            Some(_) => {}
         }
     }
     assert!(seen > 0, "no runbook_url in alerts/*.yml");
@@ -300,101 +314,92 @@ fn every_runbook_url_points_at_a_section_of_docs_runbooks_md() {
 #[test]
 fn every_alert_has_severity_summary_description_runbook_and_plain_for() {
     let mut problems = Vec::new();
+    let plain_duration = |d: &str| {
+        d.starts_with(|c: char| c.is_ascii_digit()) && d.chars().all(|c| c.is_ascii_alphanumeric())
+    };
     for rule in alert_rules() {
-        let at = format!("{} ({})", rule.name, rule.file);
+        let at = rule.at();
+        let name = rule.rule.alert.as_deref().unwrap_or_default();
+        let labels = &rule.rule.labels;
+        let annotations = &rule.rule.annotations;
 
-        match rule.values("severity").as_slice() {
-            [severity] if ["critical", "warning", "info"].contains(severity) => {}
+        match labels.get("severity").map(String::as_str) {
+            Some("critical" | "warning" | "info") => {}
             other => problems.push(format!(
                 "{at}: severity must be critical, warning or info, found {other:?}"
             )),
         }
 
-        match rule.values("summary").as_slice() {
-            [summary] if !summary.is_empty() && !summary.contains("{{") => {}
+        match annotations.get("summary") {
+            Some(summary) if !summary.trim().is_empty() && !summary.contains("{{") => {}
             other => problems.push(format!(
                 "{at}: needs one plain-sentence summary, found {other:?}"
             )),
         }
 
-        match rule.block("description") {
+        match annotations.get("description") {
             Some(text) if text.contains("$value") => {}
             other => problems.push(format!(
                 "{at}: description must be templated with $value, found {other:?}"
             )),
         }
 
-        let anchor = rule.name.to_lowercase();
-        match rule.values("runbook_url").as_slice() {
-            [url] if url.strip_prefix(RUNBOOK_BASE) == Some(anchor.as_str()) => {}
+        let anchor = name.to_lowercase();
+        match annotations.get("runbook_url") {
+            Some(url) if url.strip_prefix(RUNBOOK_BASE) == Some(anchor.as_str()) => {}
             other => problems.push(format!(
                 "{at}: runbook_url must be {RUNBOOK_BASE}{anchor}, found {other:?}"
             )),
         }
 
-        // Every `for:` on its own line as `for: <duration>`, so that a copy
-        // with shorter durations is one text substitution away.
-        let fors: Vec<&String> = rule
-            .lines
+        match rule.rule.for_duration.as_deref() {
+            Some(d) if plain_duration(d) => {}
+            other => problems.push(format!("{at}: needs a `for: <duration>`, found {other:?}")),
+        }
+    }
+    // Every `for:` on its own line as `for: <duration>`, so that a copy with
+    // shorter durations is one line substitution away (alerting_e2e).
+    for path in rule_files() {
+        let file = path.file_name().unwrap().to_string_lossy().into_owned();
+        let lines = read(&path)
+            .lines()
+            .filter(|l| {
+                l.trim_start()
+                    .strip_prefix("for: ")
+                    .is_some_and(|d| plain_duration(d.trim()))
+            })
+            .count();
+        let fors = all_rules()
             .iter()
-            .filter(|l| l.trim_start().starts_with("for:"))
-            .collect();
-        let plain_duration = |d: &str| {
-            d.starts_with(|c: char| c.is_ascii_digit())
-                && d.chars().all(|c| c.is_ascii_alphanumeric())
-        };
-        match fors.as_slice() {
-            [line] if yaml_value(line, "for").is_some_and(plain_duration) => {}
-            other => problems.push(format!(
-                "{at}: needs exactly one `for: <duration>` line, found {other:?}"
-            )),
+            .filter(|r| r.file == file && r.rule.for_duration.is_some())
+            .count();
+        if lines != fors {
+            problems.push(format!(
+                "{file}: {fors} rules have a `for`, but {lines} lines read `for: <duration>`"
+            ));
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
-/// The first number in a PromQL expression outside names and string
-/// literals, if any.
-fn numeric_literal(expr: &str) -> Option<String> {
-    let mut chars = expr.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '"' || c == '\'' {
-            // Skip a string literal (label values such as window="7d").
-            while let Some(d) = chars.next() {
-                if d == '\\' {
-                    chars.next();
-                } else if d == c {
-                    break;
-                }
-            }
-        } else if c.is_ascii_alphabetic() || c == '_' || c == ':' {
-            // Skip the rest of a name (metric names such as ..._p80_...).
-            while chars
-                .peek()
-                .is_some_and(|d| d.is_ascii_alphanumeric() || *d == '_' || *d == ':')
-            {
-                chars.next();
-            }
-        } else if c.is_ascii_digit() {
-            let mut number = c.to_string();
-            while let Some(d) = chars
-                .peek()
-                .copied()
-                .filter(|d| d.is_ascii_alphanumeric() || *d == '.')
-            {
-                number.push(d);
-                chars.next();
-            }
-            return Some(number);
-        }
-    }
-    None
+/// Whether `expr` has a binary operation matching `on (job, instance)`
+/// with `group_left`.
+fn joins_on_job_instance_group_left(expr: &Expr) -> bool {
+    promql::binaries(expr).into_iter().any(|b| {
+        b.modifier.as_ref().is_some_and(|m| {
+            matches!(m.card, VectorMatchCardinality::ManyToOne(_))
+                && matches!(
+                    &m.matching,
+                    Some(LabelModifier::Include(on)) if on.labels == ["job", "instance"]
+                )
+        })
+    })
 }
 
 #[test]
 fn okr_alerts_compare_the_7d_window_with_exported_targets() {
     let mut problems = Vec::new();
-    let okr_rules: Vec<AlertRule> = alert_rules()
+    let okr_rules: Vec<FileRule> = alert_rules()
         .into_iter()
         .filter(|rule| rule.file == "okr.yml")
         .collect();
@@ -403,27 +408,32 @@ fn okr_alerts_compare_the_7d_window_with_exported_targets() {
         "expected the five OKR alerts in okr.yml"
     );
     for rule in okr_rules {
-        let expr = rule.block("expr").unwrap_or_default();
-        if !expr.contains(r#"window="7d""#) {
-            problems.push(format!("{}: does not select window=\"7d\"", rule.name));
+        let at = rule.at();
+        let expr = rule.expr();
+        let windows = promql::literal_matcher_values(&expr, "window");
+        if windows.is_empty() || windows.iter().any(|w| *w != "7d") {
+            problems.push(format!("{at}: does not select window=\"7d\""));
         }
-        if !(expr.contains("okr_target_") || expr.contains("okr_alert_floor_")) {
+        let names = promql::metric_names(&expr);
+        if !names
+            .iter()
+            .any(|n| n.starts_with("okr_target_") || n.starts_with("okr_alert_floor_"))
+        {
             problems.push(format!(
-                "{}: does not compare against an exported okr_target_*/okr_alert_floor_* series",
-                rule.name
+                "{at}: does not compare against an exported okr_target_*/okr_alert_floor_* series"
             ));
         }
-        if !expr.contains("on (job, instance) group_left") {
+        if !joins_on_job_instance_group_left(&expr) {
             problems.push(format!(
-                "{}: must join the target on (job, instance) with group_left",
-                rule.name
+                "{at}: must join the target on (job, instance) with group_left"
             ));
         }
         // The threshold is a series, never a number written in the rule.
-        if let Some(number) = numeric_literal(&expr) {
+        let numbers = promql::numbers(&expr);
+        if !numbers.is_empty() {
             problems.push(format!(
-                "{}: numeric literal {number} in the expression: {expr}",
-                rule.name
+                "{at}: numeric literals {numbers:?} in the expression: {}",
+                rule.rule.expr
             ));
         }
     }
@@ -434,38 +444,18 @@ fn okr_alerts_compare_the_7d_window_with_exported_targets() {
 fn every_le_in_the_rules_is_a_bucket_the_middleware_writes() {
     let mut problems = Vec::new();
     let mut seen = 0;
-    for path in rule_files() {
-        for (number, line) in read(&path).lines().enumerate() {
-            // `le="…"` in PromQL and `le: "…"` in rule labels.
-            let mut values = Vec::new();
-            let mut rest = line;
-            while let Some(at) = rest.find("le=\"") {
-                let tail = &rest[at + 4..];
-                // `quantile="…"` and the like end in `le="` too.
-                let preceded_by_name = rest[..at]
-                    .chars()
-                    .next_back()
-                    .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
-                if preceded_by_name {
-                    rest = tail;
-                    continue;
-                }
-                let end = tail.find('"').unwrap_or(tail.len());
-                values.push(&tail[..end]);
-                rest = &tail[end..];
-            }
-            if let Some(value) = yaml_value(line, "le") {
-                values.push(value);
-            }
-            for value in values.into_iter().filter(|v| !v.contains("{{")) {
-                seen += 1;
-                if !BUCKET_LE.contains(&value) {
-                    problems.push(format!(
-                        "{}:{}: le=\"{value}\" is not one of {BUCKET_LE:?}",
-                        path.display(),
-                        number + 1
-                    ));
-                }
+    for rule in all_rules() {
+        // `le="…"` matchers in the expression and `le: "…"` rule labels.
+        let expr = rule.expr();
+        let mut values = promql::literal_matcher_values(&expr, "le");
+        values.extend(rule.rule.labels.get("le").map(String::as_str));
+        for value in values.into_iter().filter(|v| !v.contains("{{")) {
+            seen += 1;
+            if !BUCKET_LE.contains(&value) {
+                problems.push(format!(
+                    "{}: le=\"{value}\" is not one of {BUCKET_LE:?}",
+                    rule.at()
+                ));
             }
         }
     }
@@ -474,16 +464,21 @@ fn every_le_in_the_rules_is_a_bucket_the_middleware_writes() {
 }
 
 #[test]
-fn numeric_literals_are_found_outside_names_and_strings() {
-    assert_eq!(
-        numeric_literal(r#"okr_target_creation_time_p80_seconds{window="7d"}"#),
-        None
+fn rule_checks_read_the_expression_tree() {
+    let join = promql::parse(
+        "example",
+        r#"okr_x{window="7d"} < on (job, instance) group_left okr_target_x"#,
     );
+    assert!(joins_on_job_instance_group_left(&join));
+    assert!(promql::numbers(&join).is_empty());
+    let other = promql::parse("example", "okr_x < on (job) group_left okr_target_x");
+    assert!(!joins_on_job_instance_group_left(&other));
+    let ignoring = promql::parse("example", "okr_x < ignoring (job, instance) okr_target_x");
+    assert!(!joins_on_job_instance_group_left(&ignoring));
     assert_eq!(
-        numeric_literal("okr_engagement_ratio < 0.4"),
-        Some("0.4".into())
+        promql::numbers(&promql::parse("example", "okr_engagement_ratio < 0.4")),
+        [0.4]
     );
-    assert_eq!(numeric_literal("x > 1e3"), Some("1e3".into()));
 }
 
 #[test]

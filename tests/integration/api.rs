@@ -653,20 +653,26 @@ async fn report_landing_page_and_metrics_agree() {
             .unwrap()["status"],
         "no_data"
     );
-    assert_eq!(
-        report["adoption"]["followups_created"].as_f64(),
-        metrics.get("okr_followups_created{window=\"7d\"}").copied()
-    );
-    assert_eq!(
-        report["adoption"]["followups_published"].as_f64(),
-        metrics
-            .get("okr_followups_published{window=\"7d\"}")
-            .copied()
-    );
-    assert_eq!(
-        report["adoption"]["followups_all_time_published"].as_f64(),
-        metrics.get("okr_followups{status=\"published\"}").copied()
-    );
+    // Each figure present on both sides (two absent values must not agree).
+    for (key, series) in [
+        ("followups_created", "okr_followups_created{window=\"7d\"}"),
+        (
+            "followups_published",
+            "okr_followups_published{window=\"7d\"}",
+        ),
+        (
+            "followups_all_time_published",
+            "okr_followups{status=\"published\"}",
+        ),
+    ] {
+        let reported = report["adoption"][key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("adoption {key} missing from the report: {report}"));
+        let exported = *metrics
+            .get(series)
+            .unwrap_or_else(|| panic!("{series} missing from /metrics"));
+        assert_eq!(reported, exported, "{key}");
+    }
 
     // CSV: header, text/csv, a file name, and the same values.
     let resp = reqwest::get(format!("{}/api/okr/report?window=7d&format=csv", ex.base))
@@ -690,7 +696,11 @@ async fn report_landing_page_and_metrics_agree() {
         assert_eq!(cols.len(), 8, "{line}");
         if cols[0] == "okr" {
             let o = okrs.iter().find(|o| o["key"] == cols[3]).unwrap();
-            assert_eq!(cols[4].parse::<f64>().ok(), o["value"].as_f64(), "{line}");
+            // A value where the report has one, an empty field where not.
+            match o["value"].as_f64() {
+                Some(v) => assert_eq!(cols[4].parse::<f64>().ok(), Some(v), "{line}"),
+                None => assert_eq!(cols[4], "", "{line}"),
+            }
             assert_eq!(cols[7], o["status"]);
         }
     }
@@ -718,7 +728,10 @@ async fn report_landing_page_and_metrics_agree() {
             .unwrap_or_else(|| panic!("card {needle}"));
         let rest = &html[at + needle.len()..];
         let raw = &rest[..rest.find('"').unwrap()];
-        assert_eq!(raw.parse::<f64>().ok(), o["value"].as_f64(), "{needle}");
+        match o["value"].as_f64() {
+            Some(v) => assert_eq!(raw.parse::<f64>().ok(), Some(v), "{needle}"),
+            None => assert_eq!(raw, "", "{needle}: no value, empty attribute"),
+        }
         let status_needle = format!("data-status=\"{}\"", o["status"].as_str().unwrap());
         assert!(
             rest[..rest.find('>').unwrap()].contains(&status_needle),

@@ -453,3 +453,113 @@ async fn two_replicas_write_each_rollup_day_once() {
     let got: BTreeMap<_, _> = rows.into_iter().map(|(d, c, p)| (d, (c, p))).collect();
     assert_eq!(got, expected);
 }
+
+/// The settings `args` (after `okr-exporter serve`) resolve to.
+fn settings_from_args(args: &[&str]) -> Settings {
+    use clap::Parser;
+    let mut all = vec!["okr-exporter", "serve"];
+    all.extend_from_slice(args);
+    okr_exporter::config::Cli::try_parse_from(all)
+        .expect("valid flags")
+        .common
+        .resolve()
+        .expect("valid settings")
+}
+
+/// Whether `/metrics` text has a series or HELP/TYPE line of family `name`.
+fn has_family(metrics: &str, name: &str) -> bool {
+    metrics.lines().any(|l| {
+        let l = l
+            .strip_prefix("# HELP ")
+            .or_else(|| l.strip_prefix("# TYPE "))
+            .unwrap_or(l);
+        l.strip_prefix(name)
+            .is_some_and(|rest| rest.starts_with(['{', ' ']))
+    })
+}
+
+#[tokio::test]
+async fn a_disabled_collector_has_no_series_and_the_others_do() {
+    let db = prepared_db().await;
+    load(&db.pool, &fixture()).await;
+    // Engagement off by flag, mobile off in the file; the others as registered.
+    let config = std::env::temp_dir().join(format!(
+        "okr-exporter-disabled-{}.toml",
+        uuid::Uuid::new_v4().simple()
+    ));
+    std::fs::write(&config, "[collectors]\nmobile = false\ndrafts = true\n").unwrap();
+    let config_arg = config.to_string_lossy().into_owned();
+    let mut settings = settings_from_args(&[
+        "--database-url",
+        &db.url,
+        "--config",
+        &config_arg,
+        "--no-collector.engagement",
+    ]);
+    let _ = std::fs::remove_file(&config);
+    // No background poll during the test: it runs the collectors by hand.
+    settings.collect_interval = Duration::from_secs(3600);
+    settings.max_staleness = Duration::from_secs(3600);
+    let exporter = start_exporter(settings).await;
+
+    let results = exporter.scheduler.run_all_once(t0()).await;
+    let ran: Vec<&str> = results.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        ran,
+        [
+            "creation_time",
+            "drafts",
+            "next_action",
+            "adoption",
+            "inventory",
+            "rollups"
+        ]
+    );
+    assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
+    let (status, metrics) = exporter.get("/metrics").await;
+    assert_eq!(status, 200);
+    for absent in [
+        "okr_engagement_ratio",
+        "okr_engaged_followups_ratio",
+        "okr_engagement_by_company_ratio",
+        "okr_followups_published",
+        "okr_mobile_views_ratio",
+        "okr_views",
+    ] {
+        assert!(!has_family(&metrics, absent), "{absent} served:\n{metrics}");
+    }
+    for disabled in ["engagement", "mobile"] {
+        let label = format!("collector=\"{disabled}\"");
+        assert!(
+            !metrics.contains(&label),
+            "self-metrics of {disabled}:\n{metrics}"
+        );
+    }
+    for present in ["okr_drafts", "okr_followups", "okr_next_actions"] {
+        assert!(
+            has_family(&metrics, present),
+            "{present} missing:\n{metrics}"
+        );
+    }
+    for enabled in ran {
+        let line = format!("okr_exporter_collections_total{{collector=\"{enabled}\"}} 1");
+        assert!(metrics.lines().any(|l| l == line), "{line}:\n{metrics}");
+    }
+    exporter.stop().await;
+
+    // The last of a collector's two flags wins: mobile serves again.
+    let mut settings = settings_from_args(&[
+        "--database-url",
+        &db.url,
+        "--no-collector.mobile",
+        "--collector.mobile",
+    ]);
+    settings.collect_interval = Duration::from_secs(3600);
+    let exporter = start_exporter(settings).await;
+    let results = exporter.scheduler.run_all_once(t0()).await;
+    assert_eq!(results.len(), collector::all_collectors().len());
+    let (_, metrics) = exporter.get("/metrics").await;
+    assert!(has_family(&metrics, "okr_mobile_views_ratio"), "{metrics}");
+    assert!(has_family(&metrics, "okr_engagement_ratio"), "{metrics}");
+    exporter.stop().await;
+}

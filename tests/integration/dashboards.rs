@@ -8,15 +8,19 @@
 //! provisioning file, publish ports on 127.0.0.1 only, pin its images and
 //! import the demo's history before Prometheus first starts.
 //!
-//! [`dashboard_queries`] hands every panel query, with its Grafana variables
-//! replaced by concrete values, to tests that run them against a real
-//! Prometheus.
+//! Queries are read with a PromQL parser (module [`promql`]) once their
+//! Grafana variables are replaced by the concrete values documented on
+//! [`SUBSTITUTIONS`]; [`dashboard_queries`] hands the same concrete queries
+//! to tests that run them against a real Prometheus.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use promql_parser::parser::Expr;
 use serde_json::Value;
+
+use crate::promql;
 
 /// Metric names of the catalogue (DESIGN §4). Histograms are listed by their
 /// base name; `_bucket`, `_count` and `_sum` are stripped before the lookup.
@@ -93,7 +97,10 @@ const BUILTIN_VARIABLES: &[&str] = &["__rate_interval", "__interval", "__range"]
 /// | `$__range` | `1h` | the API latency dashboard's default time range |
 /// | `$job`, `$route`, `$instance` | `.+` | multi-value variables used only with `=~`; "All" is `.+` |
 ///
-/// `${name}` forms are replaced the same way.
+/// `${name}` forms are replaced the same way. Every value is valid where
+/// its variable appears (a duration in `[…]`, a string in a label matcher),
+/// so the substituted query is plain PromQL: the tests hand it to
+/// `promql_parser` (module [`promql`]) and to a real Prometheus.
 const SUBSTITUTIONS: &[(&str, &str)] = &[
     ("__rate_interval", "1m"),
     ("__interval", "1m"),
@@ -244,153 +251,35 @@ pub fn dashboard_queries() -> Vec<(String, String, String)> {
     out
 }
 
-/// The query with the contents of its string literals blanked out, so that
-/// label values such as `quantile="0.8"` are not mistaken for code.
-fn strip_strings(expr: &str) -> String {
-    let mut out = String::with_capacity(expr.len());
-    let mut quote: Option<char> = None;
-    let mut escaped = false;
-    for c in expr.chars() {
-        match quote {
-            Some(q) => {
-                if escaped {
-                    escaped = false;
-                    out.push(' ');
-                } else if c == '\\' && q != '`' {
-                    escaped = true;
-                    out.push(' ');
-                } else if c == q {
-                    quote = None;
-                    out.push(c);
-                } else {
-                    out.push(' ');
-                }
-            }
-            None => {
-                if c == '"' || c == '\'' || c == '`' {
-                    quote = Some(c);
-                }
-                out.push(c);
-            }
-        }
-    }
-    out
+/// The PromQL of a query, parsed after [`substitute_variables`]. A
+/// template variable's `label_values(<selector>, <label>)` is Grafana's,
+/// not PromQL: its selector is parsed.
+fn parse_query(place: &str, query: &str) -> Expr {
+    let query = substitute_variables(query);
+    let promql = query
+        .trim()
+        .strip_prefix("label_values(")
+        .and_then(|rest| rest.strip_suffix(')'))
+        .map_or(query.as_str(), |args| {
+            args.rsplit_once(',').map_or(args, |(selector, _)| selector)
+        });
+    promql::parse(place, promql)
 }
 
-fn is_ident_start(c: char) -> bool {
-    c.is_ascii_alphabetic() || c == '_' || c == ':'
-}
-
-fn is_ident_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || c == '_' || c == ':'
-}
-
-/// Identifiers outside strings, without Grafana variables (`$name`) and
-/// without duration suffixes such as the `m` of `5m`.
-fn identifiers(expr: &str) -> Vec<String> {
-    let chars: Vec<char> = strip_strings(expr).chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if c == '$' {
-            // A Grafana variable: `$name` or `${name}`.
-            i += 1;
-            if chars.get(i) == Some(&'{') {
-                while i < chars.len() && chars[i] != '}' {
-                    i += 1;
-                }
-                i += 1;
-            } else {
-                while i < chars.len() && is_ident_char(chars[i]) {
-                    i += 1;
-                }
-            }
-        } else if c.is_ascii_digit() || c == '.' {
-            // A number, with any unit suffix (`5m`, `1e3`).
-            i += 1;
-            while i < chars.len() && (is_ident_char(chars[i]) || chars[i] == '.') {
-                i += 1;
-            }
-        } else if is_ident_start(c) {
-            let start = i;
-            while i < chars.len() && is_ident_char(chars[i]) {
-                i += 1;
-            }
-            out.push(chars[start..i].iter().collect());
-        } else {
-            i += 1;
-        }
-    }
-    out
-}
-
-/// Metric names referenced by a query: identifiers starting with `okr_` or
-/// `http_server_`, with a histogram suffix removed.
-fn metric_names(expr: &str) -> BTreeSet<String> {
-    identifiers(expr)
+/// Metric names of the catalogue's families referenced by a query: names
+/// starting with `okr_` or `http_server_`, with a histogram suffix removed.
+fn metric_names(expr: &Expr) -> BTreeSet<String> {
+    promql::metric_names(expr)
         .into_iter()
         .filter(|id| id.starts_with("okr_") || id.starts_with("http_server_"))
         .map(|id| {
-            for suffix in ["_bucket", "_count", "_sum"] {
-                if let Some(base) = id.strip_suffix(suffix) {
-                    return base.to_string();
-                }
-            }
-            id
+            ["_bucket", "_count", "_sum"]
+                .into_iter()
+                .find_map(|suffix| id.strip_suffix(suffix))
+                .unwrap_or(id)
+                .to_string()
         })
         .collect()
-}
-
-/// Numeric literals of a query, outside strings; durations (`5m`, `1h`) and
-/// digits inside identifiers are not numbers.
-fn numeric_literals(expr: &str) -> Vec<f64> {
-    let chars: Vec<char> = strip_strings(expr).chars().collect();
-    let mut out = Vec::new();
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        if is_ident_start(c) || c == '$' {
-            // An identifier or a variable, digits included (`okr_x2`, `$v1`).
-            i += 1;
-            while i < chars.len() && is_ident_char(chars[i]) {
-                i += 1;
-            }
-            continue;
-        }
-        let starts_number = c.is_ascii_digit()
-            || (c == '.' && chars.get(i + 1).is_some_and(|n| n.is_ascii_digit()));
-        if !starts_number {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
-            i += 1;
-        }
-        if i < chars.len() && (chars[i] == 'e' || chars[i] == 'E') {
-            let mut j = i + 1;
-            if j < chars.len() && (chars[j] == '+' || chars[j] == '-') {
-                j += 1;
-            }
-            if j < chars.len() && chars[j].is_ascii_digit() {
-                i = j;
-                while i < chars.len() && chars[i].is_ascii_digit() {
-                    i += 1;
-                }
-            }
-        }
-        let is_duration = i < chars.len() && chars[i].is_ascii_alphabetic();
-        let text: String = chars[start..i].iter().collect();
-        if is_duration {
-            while i < chars.len() && is_ident_char(chars[i]) {
-                i += 1;
-            }
-        } else if let Ok(value) = text.parse::<f64>() {
-            out.push(value);
-        }
-    }
-    out
 }
 
 /// Grafana variables (`$name` or `${name}`) referenced by a query.
@@ -417,51 +306,6 @@ fn referenced_variables(expr: &str) -> BTreeSet<String> {
         }
     }
     out
-}
-
-/// `le` values used in label matchers such as `le="0.5"`.
-fn le_matcher_values(expr: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let bytes = expr.as_bytes();
-    let mut from = 0;
-    while let Some(pos) = expr[from..].find("le") {
-        let at = from + pos;
-        from = at + 2;
-        let before_ok = at == 0 || !is_ident_char(bytes[at - 1] as char);
-        let rest = expr[at + 2..].trim_start();
-        let rest = match rest.strip_prefix("!=").or_else(|| rest.strip_prefix('=')) {
-            Some(r) if !r.starts_with('~') => r.trim_start(),
-            _ => continue,
-        };
-        if !before_ok {
-            continue;
-        }
-        if let Some(value) = rest.strip_prefix('"').and_then(|r| r.split('"').next()) {
-            out.push(value.to_string());
-        }
-    }
-    out
-}
-
-/// Whether (), [] and {} nest properly outside strings.
-fn brackets_balanced(expr: &str) -> bool {
-    let mut stack = Vec::new();
-    for c in strip_strings(expr).chars() {
-        let open = match c {
-            '(' | '[' | '{' => {
-                stack.push(c);
-                continue;
-            }
-            ')' => '(',
-            ']' => '[',
-            '}' => '{',
-            _ => continue,
-        };
-        if stack.pop() != Some(open) {
-            return false;
-        }
-    }
-    stack.is_empty()
 }
 
 fn datasource_uid(value: &Value) -> Option<&str> {
@@ -703,15 +547,12 @@ fn queries_reference_only_catalogue_metrics() {
         for (var, query) in variable_queries(&dashboard) {
             queries.push((format!("variable {var}"), query));
         }
-        for (place, expr) in queries {
-            assert!(
-                brackets_balanced(&expr),
-                "{name}: {place}: unbalanced brackets in {expr}"
-            );
+        for (place, query) in queries {
+            let expr = parse_query(&format!("{name}: {place}"), &query);
             for metric in metric_names(&expr) {
                 assert!(
                     catalogue.contains(metric.as_str()),
-                    "{name}: {place}: {metric} is not in the metric catalogue (DESIGN §4): {expr}"
+                    "{name}: {place}: {metric} is not in the metric catalogue (DESIGN §4): {query}"
                 );
             }
         }
@@ -723,7 +564,8 @@ fn queries_compare_against_target_series_not_literals() {
     for (name, dashboard) in dashboards() {
         for panel in all_panels(&dashboard) {
             for (ref_id, expr) in panel_exprs(panel) {
-                for value in numeric_literals(&expr) {
+                let place = format!("{name}: panel {:?} query {ref_id}", title(panel));
+                for value in promql::numbers(&parse_query(&place, &expr)) {
                     let is_target = TARGET_LITERALS
                         .iter()
                         .any(|t| (t - value).abs() <= 1e-9 * t.abs().max(1.0));
@@ -748,7 +590,7 @@ fn okr_overview_reads_every_target_series() {
     let used: BTreeSet<String> = all_panels(&overview)
         .into_iter()
         .flat_map(panel_exprs)
-        .flat_map(|(_, expr)| metric_names(&expr))
+        .flat_map(|(ref_id, expr)| metric_names(&parse_query(&ref_id, &expr)))
         .collect();
     for series in TARGET_SERIES {
         assert!(
@@ -786,17 +628,19 @@ fn absent_series_are_not_turned_into_zeros() {
     for (name, dashboard) in dashboards() {
         for panel in all_panels(&dashboard) {
             for (ref_id, expr) in panel_exprs(panel) {
-                let compact: String = strip_strings(&expr)
-                    .chars()
-                    .filter(|c| !c.is_whitespace())
-                    .collect();
-                for pattern in ["orvector(", "oron()vector(", "absent("] {
-                    assert!(
-                        !compact.contains(pattern),
-                        "{name}: panel {:?} query {ref_id} fills absent series ({pattern}): {expr}",
-                        title(panel)
-                    );
-                }
+                let place = format!("{name}: panel {:?} query {ref_id}", title(panel));
+                let tree = parse_query(&place, &expr);
+                let absent = promql::calls(&tree)
+                    .into_iter()
+                    .any(|c| c.func.name == "absent");
+                let or_vector = promql::binaries(&tree).into_iter().any(|b| {
+                    b.op.to_string() == "or"
+                        && matches!(promql::unparen(&b.rhs), Expr::Call(c) if c.func.name == "vector")
+                });
+                assert!(
+                    !absent && !or_vector,
+                    "{place} fills absent series (absent(…) or `or vector(…)`): {expr}"
+                );
             }
             let no_value = panel["fieldConfig"]["defaults"]["noValue"]
                 .as_str()
@@ -812,10 +656,11 @@ fn absent_series_are_not_turned_into_zeros() {
 
 #[test]
 fn le_matchers_use_the_exported_bucket_strings() {
-    for (_, _, expr) in dashboard_queries() {
-        for le in le_matcher_values(&expr) {
+    for (dashboard, panel, expr) in dashboard_queries() {
+        let tree = promql::parse(&format!("{dashboard}: panel {panel:?}"), &expr);
+        for le in promql::literal_matcher_values(&tree, "le") {
             assert!(
-                LE_STRINGS.contains(&le.as_str()),
+                LE_STRINGS.contains(&le),
                 "le=\"{le}\" is not a bucket the middleware writes: {expr}"
             );
         }
@@ -862,96 +707,86 @@ fn dashboard_queries_are_concrete() {
             !expr.contains('$'),
             "{dashboard}: panel {panel:?} still has a variable: {expr}"
         );
+        // Every query is PromQL once its variables are replaced.
+        promql::parse(&format!("{dashboard}: panel {panel:?}"), expr);
     }
     assert!(queries.iter().any(|(_, _, e)| e.contains("window=\"7d\"")));
     assert!(queries.iter().any(|(_, _, e)| e.contains("[1m]")));
 }
 
 #[test]
-fn query_scanner_sees_metrics_and_numbers_only_outside_strings() {
-    let expr = r#"max(okr_creation_time_seconds{window="$window", quantile="0.8"}) and on() max(okr_target_creation_time_p80_seconds) / 86400"#;
-    let names: Vec<String> = metric_names(expr).into_iter().collect();
-    assert_eq!(
-        names,
-        [
-            "okr_creation_time_seconds",
-            "okr_target_creation_time_p80_seconds"
-        ]
-    );
-    assert_eq!(numeric_literals(expr), [86400.0]);
-
-    let expr = "histogram_quantile(0.95, sum by (le) (rate(http_server_request_duration_seconds_bucket[$__rate_interval]))) > 0.8 * 1e3";
-    assert_eq!(
-        metric_names(expr).into_iter().collect::<Vec<_>>(),
-        ["http_server_request_duration_seconds"]
-    );
-    assert_eq!(numeric_literals(expr), [0.95, 0.8, 1e3]);
-    assert_eq!(
-        numeric_literals("rate(x[5m]) offset 1h + okr_x2"),
-        Vec::<f64>::new()
-    );
-    assert_eq!(
-        le_matcher_values(r#"x_bucket{le="1.0", handle="a"}"#),
-        ["1.0"]
-    );
-    assert!(brackets_balanced(r#"sum(rate(x{a="(("}[1m]))"#));
-    assert!(!brackets_balanced("sum(rate(x[1m))"));
+fn variables_become_concrete_promql() {
     assert_eq!(
         substitute_variables("x{job=~\"${job}\", w=\"$window\"}[$__rate_interval]"),
         "x{job=~\".+\", w=\"7d\"}[1m]"
+    );
+    let expr = parse_query(
+        "example",
+        "histogram_quantile(0.95, sum by (le) (rate(http_server_request_duration_seconds_bucket{job=~\"$job\"}[$__rate_interval])))",
+    );
+    assert_eq!(
+        metric_names(&expr).into_iter().collect::<Vec<_>>(),
+        ["http_server_request_duration_seconds"]
+    );
+    let variable = parse_query(
+        "example",
+        "label_values(http_server_request_duration_seconds_count{job=~\"$job\"}, http_route)",
+    );
+    assert_eq!(
+        metric_names(&variable).into_iter().collect::<Vec<_>>(),
+        ["http_server_request_duration_seconds"]
     );
 }
 
 // ---------------------------------------------------------------- container stack
 
-fn compose_text() -> String {
-    let path = repo_root().join("docker-compose.yml");
-    fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
+/// A YAML file of the repository, parsed.
+fn load_yaml(relative: &str) -> Value {
+    let path = repo_root().join(relative);
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_saphyr::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
 }
 
-fn indent_of(line: &str) -> usize {
-    line.len() - line.trim_start().len()
+/// `docker-compose.yml`, parsed.
+fn compose() -> Value {
+    load_yaml("docker-compose.yml")
 }
 
-fn unquote(item: &str) -> &str {
-    let item = item.trim();
-    item.strip_prefix('"')
-        .and_then(|s| s.strip_suffix('"'))
-        .or_else(|| item.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
-        .unwrap_or(item)
+/// One service of the compose file.
+fn compose_service<'a>(compose: &'a Value, name: &str) -> &'a Value {
+    let service = &compose["services"][name];
+    assert!(
+        service.is_object(),
+        "docker-compose.yml has no service {name}"
+    );
+    service
 }
 
-/// The list items under every `key:` line of the compose file (short syntax).
-fn compose_list_items(text: &str, key: &str) -> Vec<String> {
-    let lines: Vec<&str> = text.lines().collect();
-    let header = format!("{key}:");
-    let mut out = Vec::new();
-    for (i, line) in lines.iter().enumerate() {
-        if line.trim() != header {
-            continue;
-        }
-        let base = indent_of(line);
-        for next in &lines[i + 1..] {
-            let trimmed = next.trim();
-            if trimmed.is_empty() || trimmed.starts_with('#') {
-                continue;
-            }
-            if indent_of(next) <= base && !trimmed.starts_with("- ") || indent_of(next) < base {
-                break;
-            }
-            match trimmed.strip_prefix("- ") {
-                Some(item) => out.push(unquote(item).to_string()),
-                None => break,
-            }
-        }
-    }
-    out
+/// The strings of a YAML list (nothing when it is absent).
+fn strings(list: &Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| item.as_str().map(str::to_owned))
+        .collect()
+}
+
+/// The items of list `key` of every service (short syntax).
+fn every_service_list(compose: &Value, key: &str) -> Vec<String> {
+    compose["services"]
+        .as_object()
+        .into_iter()
+        .flat_map(|services| services.values())
+        .flat_map(|service| strings(&service[key]))
+        .collect()
 }
 
 /// Host side of every bind mount (`./path:/container[:mode]`), normalised
 /// without the leading `./` and trailing `/`.
-fn compose_bind_mounts(text: &str) -> Vec<(String, String)> {
-    compose_list_items(text, "volumes")
+fn compose_bind_mounts(compose: &Value) -> Vec<(String, String)> {
+    every_service_list(compose, "volumes")
         .into_iter()
         .filter(|item| item.starts_with("./"))
         .map(|item| {
@@ -966,6 +801,21 @@ fn compose_bind_mounts(text: &str) -> Vec<(String, String)> {
             (host, container)
         })
         .collect()
+}
+
+/// The `condition:` under `depends_on:` → `dep:` of a service.
+fn depends_on_condition(service: &Value, dep: &str) -> Option<String> {
+    service["depends_on"][dep]["condition"]
+        .as_str()
+        .map(str::to_owned)
+}
+
+/// The string value of `key` of a service.
+fn service_value(service: &Value, key: &str) -> Option<String> {
+    service[key]
+        .as_str()
+        .map(str::to_owned)
+        .filter(|v| !v.is_empty())
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -986,8 +836,8 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 #[test]
 fn compose_mounts_existing_paths() {
-    let text = compose_text();
-    let mounts = compose_bind_mounts(&text);
+    let compose = compose();
+    let mounts = compose_bind_mounts(&compose);
     assert!(
         !mounts.is_empty(),
         "docker-compose.yml mounts nothing from the repository"
@@ -1029,15 +879,15 @@ fn compose_mounts_existing_paths() {
         );
     }
     assert!(
-        text.contains("dockerfile: Dockerfile") && repo_root().join("Dockerfile").is_file(),
+        compose_service(&compose, "okr-exporter")["build"]["dockerfile"] == "Dockerfile"
+            && repo_root().join("Dockerfile").is_file(),
         "the okr-exporter service must be built from ./Dockerfile"
     );
 }
 
 #[test]
 fn compose_mounts_every_provisioning_file() {
-    let text = compose_text();
-    let mounts: Vec<String> = compose_bind_mounts(&text)
+    let mounts: Vec<String> = compose_bind_mounts(&compose())
         .into_iter()
         .map(|(host, _)| host)
         .collect();
@@ -1070,7 +920,7 @@ fn compose_mounts_every_provisioning_file() {
 
 #[test]
 fn compose_publishes_ports_on_loopback_only() {
-    let ports = compose_list_items(&compose_text(), "ports");
+    let ports = every_service_list(&compose(), "ports");
     assert!(!ports.is_empty(), "docker-compose.yml publishes no port");
     for port in ports {
         assert!(
@@ -1082,77 +932,34 @@ fn compose_publishes_ports_on_loopback_only() {
 
 #[test]
 fn grafana_provisioning_matches_the_dashboards() {
-    let root = repo_root();
-    let datasources =
-        fs::read_to_string(root.join("provisioning/grafana/datasources/prometheus.yml"))
-            .expect("provisioning/grafana/datasources/prometheus.yml");
-    for needle in [
-        "uid: prometheus",
-        "type: prometheus",
-        "url: http://prometheus:9090",
-    ] {
-        assert!(
-            datasources.contains(needle),
-            "datasource provisioning lacks `{needle}`"
-        );
-    }
-    let providers = fs::read_to_string(root.join("provisioning/grafana/dashboards/dashboards.yml"))
-        .expect("provisioning/grafana/dashboards/dashboards.yml");
+    let datasources = load_yaml("provisioning/grafana/datasources/prometheus.yml");
+    let source = datasources["datasources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["uid"] == "prometheus")
+        .expect("a data source with uid prometheus");
+    assert_eq!(source["type"], "prometheus", "{source}");
+    assert_eq!(source["url"], "http://prometheus:9090", "{source}");
+    let providers = load_yaml("provisioning/grafana/dashboards/dashboards.yml");
     assert!(
-        providers.contains("type: file") && providers.contains("path: /var/lib/grafana/dashboards"),
+        providers["providers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|p| p["type"] == "file" && p["options"]["path"] == "/var/lib/grafana/dashboards"),
         "the dashboard provider must load /var/lib/grafana/dashboards from files"
     );
 }
 
-/// The lines of one service of the compose file (after its `  name:` line,
-/// up to the next top-level or service key).
-fn compose_service(text: &str, name: &str) -> String {
-    let header = format!("  {name}:");
-    let mut lines = text.lines().skip_while(|l| *l != header);
-    assert!(
-        lines.next().is_some(),
-        "docker-compose.yml has no service {name}"
-    );
-    lines
-        .take_while(|l| l.trim().is_empty() || l.trim().starts_with('#') || indent_of(l) > 2)
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
-/// The `condition:` under `depends_on:` → `dep:` of a service block.
-fn depends_on_condition(service: &str, dep: &str) -> Option<String> {
-    let lines: Vec<&str> = service.lines().collect();
-    let start = lines.iter().position(|l| l.trim() == "depends_on:")?;
-    let base = indent_of(lines[start]);
-    let deps: Vec<&str> = lines[start + 1..]
-        .iter()
-        .copied()
-        .filter(|l| !l.trim().is_empty())
-        .take_while(|l| indent_of(l) > base)
-        .collect();
-    let at = deps.iter().position(|l| l.trim() == format!("{dep}:"))?;
-    deps.get(at + 1)
-        .and_then(|l| l.trim().strip_prefix("condition:"))
-        .map(|c| c.trim().to_owned())
-}
-
-/// The value of a `key: value` line of a service block.
-fn service_value(service: &str, key: &str) -> Option<String> {
-    service.lines().find_map(|l| {
-        l.trim()
-            .strip_prefix(&format!("{key}:"))
-            .map(|v| unquote(v.split(" #").next().unwrap_or(v)).to_owned())
-            .filter(|v| !v.is_empty())
-    })
-}
-
 #[test]
 fn compose_pins_every_image() {
-    let text = compose_text();
-    let images: Vec<String> = text
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("image:"))
-        .map(|v| unquote(v.split(" #").next().unwrap_or(v)).to_owned())
+    let compose = compose();
+    let images: Vec<String> = compose["services"]
+        .as_object()
+        .into_iter()
+        .flat_map(|services| services.values())
+        .filter_map(|service| service_value(service, "image"))
         .collect();
     assert!(images.len() >= 7, "{images:?}");
     for image in &images {
@@ -1163,8 +970,9 @@ fn compose_pins_every_image() {
         );
     }
     // okr-exporter:local is never pulled: one service builds it.
-    assert!(
-        compose_service(&text, "okr-exporter").contains("dockerfile: Dockerfile"),
+    assert_eq!(
+        compose_service(&compose, "okr-exporter")["build"]["dockerfile"],
+        "Dockerfile",
         "the okr-exporter service must build okr-exporter:local"
     );
 }
@@ -1175,28 +983,30 @@ fn compose_pins_every_image() {
 /// the volumes are declared and shared, the owners fit.
 #[test]
 fn compose_imports_the_demo_history_before_prometheus_starts() {
-    let text = compose_text();
-    let exporter = compose_service(&text, "okr-exporter");
-    let backfill = compose_service(&text, "okr-backfill");
-    let blocks = compose_service(&text, "okr-blocks");
-    let prometheus = compose_service(&text, "prometheus");
+    let compose = compose();
+    let exporter = compose_service(&compose, "okr-exporter");
+    let backfill = compose_service(&compose, "okr-backfill");
+    let blocks = compose_service(&compose, "okr-blocks");
+    let prometheus = compose_service(&compose, "prometheus");
 
     // The backfill reads the history only once the demo is ready: the demo
     // answers nothing before its history exists, /readyz once the database
     // is reachable.
     assert!(
-        exporter.contains("GET /readyz"),
+        strings(&exporter["healthcheck"]["test"])
+            .iter()
+            .any(|part| part.contains("GET /readyz")),
         "the okr-exporter healthcheck must probe /readyz"
     );
     assert_eq!(
-        depends_on_condition(&backfill, "okr-exporter").as_deref(),
+        depends_on_condition(backfill, "okr-exporter").as_deref(),
         Some("service_healthy")
     );
     assert_eq!(
-        service_value(&backfill, "image").as_deref(),
+        service_value(backfill, "image").as_deref(),
         Some("okr-exporter:local")
     );
-    let command = compose_list_items(&backfill, "command");
+    let command = strings(&backfill["command"]);
     assert_eq!(command.first().map(String::as_str), Some("backfill"));
     let arg = |name: &str| {
         command
@@ -1206,29 +1016,29 @@ fn compose_imports_the_demo_history_before_prometheus_starts() {
             .to_owned()
     };
     assert!(
-        exporter.contains(
-            "- --database-url=postgres://okr:${POSTGRES_PASSWORD:-okr}@postgres:5432/followup"
+        strings(&exporter["command"]).contains(
+            &"--database-url=postgres://okr:${POSTGRES_PASSWORD:-okr}@postgres:5432/followup"
+                .to_owned()
         ) && arg("database-url")
             == "postgres://okr:${POSTGRES_PASSWORD:-okr}@postgres:5432/followup",
         "okr-backfill must read the demo's database"
     );
     // As many days as the demo generates.
     assert!(
-        exporter.contains("OKR_DEMO_DAYS: ${OKR_DEMO_DAYS:-45}"),
+        exporter["environment"]["OKR_DEMO_DAYS"] == "${OKR_DEMO_DAYS:-45}",
         "the demo's days must be OKR_DEMO_DAYS"
     );
     assert_eq!(arg("from"), "${OKR_DEMO_DAYS:-45}d");
     // The labels Prometheus gives the live series of the exporter.
-    let scrape = fs::read_to_string(repo_root().join("provisioning/prometheus/prometheus.yml"))
-        .expect("prometheus.yml");
-    let job = scrape
-        .split("- job_name: okr-exporter")
-        .nth(1)
+    let scrape = load_yaml("provisioning/prometheus/prometheus.yml");
+    let job = scrape["scrape_configs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|job| job["job_name"] == "okr-exporter")
         .expect("an okr-exporter scrape job");
-    let target = job
-        .split("targets: [\"")
-        .nth(1)
-        .and_then(|t| t.split('"').next())
+    let target = job["static_configs"][0]["targets"][0]
+        .as_str()
         .expect("the okr-exporter target");
     let labels: Vec<&str> = command
         .iter()
@@ -1240,23 +1050,29 @@ fn compose_imports_the_demo_history_before_prometheus_starts() {
     );
     let output = arg("output");
     assert!(output.starts_with("/backfill/"), "{output}");
-    assert!(compose_list_items(&backfill, "volumes").contains(&"backfill:/backfill".to_owned()));
+    assert!(strings(&backfill["volumes"]).contains(&"backfill:/backfill".to_owned()));
 
     // promtool from the Prometheus image, into Prometheus's volume, as
     // Prometheus's user (the image's default), from the backfill's file.
     assert_eq!(
-        service_value(&blocks, "image"),
-        service_value(&prometheus, "image")
+        service_value(blocks, "image"),
+        service_value(prometheus, "image")
     );
     assert!(
-        service_value(&blocks, "user").is_none(),
+        service_value(blocks, "user").is_none(),
         "okr-blocks must write as the image's user (nobody), as Prometheus does"
     );
     assert_eq!(
-        depends_on_condition(&blocks, "okr-backfill").as_deref(),
+        depends_on_condition(blocks, "okr-backfill").as_deref(),
         Some("service_completed_successfully")
     );
-    let script: String = blocks.split_whitespace().collect::<Vec<_>>().join(" ");
+    // The entrypoint and its command, as one line of words.
+    let script = [strings(&blocks["entrypoint"]), strings(&blocks["command"])]
+        .concat()
+        .join(" ")
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ");
     let promtool = format!(
         "promtool tsdb create-blocks-from openmetrics --max-block-duration={} {output} /prometheus",
         okr_exporter::demo::PROMTOOL_MAX_BLOCK_DURATION
@@ -1270,22 +1086,19 @@ fn compose_imports_the_demo_history_before_prometheus_starts() {
         script.contains("if [ -d /prometheus/wal ]; then") && script.contains("exit 0; fi;"),
         "okr-blocks must skip a volume Prometheus has already used"
     );
-    let volumes = compose_list_items(&blocks, "volumes");
+    let volumes = strings(&blocks["volumes"]);
     assert!(
         volumes.contains(&"backfill:/backfill:ro".to_owned())
             && volumes.contains(&"prometheus-data:/prometheus".to_owned()),
         "{volumes:?}"
     );
-    assert!(
-        compose_list_items(&prometheus, "volumes")
-            .contains(&"prometheus-data:/prometheus".to_owned())
-    );
+    assert!(strings(&prometheus["volumes"]).contains(&"prometheus-data:/prometheus".to_owned()));
     assert_eq!(
-        depends_on_condition(&prometheus, "okr-blocks").as_deref(),
+        depends_on_condition(prometheus, "okr-blocks").as_deref(),
         Some("service_completed_successfully")
     );
     // Retention longer than the history: older blocks would go at once.
-    let retention = compose_list_items(&prometheus, "command")
+    let retention = strings(&prometheus["command"])
         .iter()
         .find_map(|c| {
             c.strip_prefix("--storage.tsdb.retention.time=")
@@ -1296,14 +1109,13 @@ fn compose_imports_the_demo_history_before_prometheus_starts() {
     assert!(retention >= std::time::Duration::from_secs(45 * 86_400));
 
     // Every named volume a service mounts is declared.
-    let declared: Vec<&str> = text
-        .split("\nvolumes:\n")
-        .nth(1)
+    let declared: Vec<&str> = compose["volumes"]
+        .as_object()
         .expect("top-level volumes")
-        .lines()
-        .filter_map(|l| l.trim().strip_suffix(':'))
+        .keys()
+        .map(String::as_str)
         .collect();
-    for mount in compose_list_items(&text, "volumes") {
+    for mount in every_service_list(&compose, "volumes") {
         if let Some((volume, _)) = mount.split_once(':')
             && !volume.starts_with('.')
             && !volume.starts_with('/')

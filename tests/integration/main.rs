@@ -16,6 +16,7 @@ mod http_metrics;
 mod incremental;
 mod ingest_outage;
 mod landing;
+mod promql;
 mod reference;
 mod rollup_days;
 mod source_changes;
