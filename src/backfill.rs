@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Connection;
 
 use crate::collector::history::{
-    HistoryContext, HistoryFamily, collector_history, history_collectors, target_history,
+    GaugeHistory, HistoryContext, collector_history, history_collectors, target_history,
 };
 use crate::config::Settings;
 use crate::db;
@@ -217,8 +217,8 @@ pub async fn write_history(
             .await
             .map_err(db::ctx("reading the source tables"))?;
         for fam in &families {
-            write_family(out, fam, &millis, &options.labels).map_err(io)?;
-            summary.series += fam.series.len();
+            write_family(out, fam.as_ref(), &millis, &options.labels).map_err(io)?;
+            summary.series += fam.series_count();
             summary.samples += fam.len();
         }
         let elapsed = started.elapsed();
@@ -229,15 +229,15 @@ pub async fn write_history(
             done + 1,
             names.len(),
             h.len(),
-            families.iter().map(HistoryFamily::len).sum::<usize>(),
+            families.iter().map(|f| f.len()).sum::<usize>(),
             t.elapsed().as_secs_f64(),
             h.rows_read(),
             humantime::format_duration(Duration::from_secs(eta.as_secs())),
         ));
     }
     for fam in target_history(&h) {
-        write_family(out, &fam, &millis, &options.labels).map_err(io)?;
-        summary.series += fam.series.len();
+        write_family(out, fam.as_ref(), &millis, &options.labels).map_err(io)?;
+        summary.series += fam.series_count();
         summary.samples += fam.len();
     }
     out.write_all(b"# EOF\n").map_err(io)?;
@@ -308,26 +308,24 @@ pub async fn run(
 /// order (series sorted by labels, so output is reproducible).
 fn write_family(
     out: &mut dyn Write,
-    fam: &HistoryFamily,
+    fam: &dyn GaugeHistory,
     millis: &[i64],
     extra: &[(String, String)],
 ) -> std::io::Result<()> {
     if fam.is_empty() {
         return Ok(());
     }
-    writeln!(out, "# HELP {} {}", fam.name, escape_help(fam.help))?;
-    writeln!(out, "# TYPE {} gauge", fam.name)?;
-    let mut series: Vec<_> = fam.series.iter().collect();
-    series.sort_by(|a, b| a.0.cmp(&b.0));
+    let name = fam.name();
+    writeln!(out, "# HELP {} {}", name, escape_help(fam.help()))?;
+    writeln!(out, "# TYPE {} gauge", name)?;
     let mut line = String::with_capacity(256);
-    for (labels, values) in series {
+    for (labels, values) in fam.sorted_series() {
         if values.is_empty() {
             continue;
         }
-        let mut prefix = String::from(fam.name);
+        let mut prefix = String::from(name);
         let all: Vec<(&str, &str)> = labels
-            .iter()
-            .map(|(k, v)| (*k, v.as_str()))
+            .into_iter()
             .chain(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .collect();
         if !all.is_empty() {
@@ -387,6 +385,8 @@ fn escape_label_value(out: &mut String, v: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::history::HistoryFamily;
+    use crate::collector::labels::WindowLabels;
 
     fn at(s: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(s)
@@ -455,8 +455,8 @@ mod tests {
     #[test]
     fn families_are_written_as_openmetrics() {
         let mut fam = HistoryFamily::new("okr_views", "Sessions.\nBy \\ device.");
-        let a = fam.series(vec![("window", "7d".to_owned())]);
-        let b = fam.series(vec![("window", "1d".to_owned())]);
+        let a = fam.series(WindowLabels::new("7d"));
+        let b = fam.series(WindowLabels::new("1d"));
         fam.push(a, 0, 2.0);
         fam.push(a, 1, 0.25);
         fam.push(b, 1, 1.0);

@@ -6,7 +6,7 @@ use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::history::{HistoryContext, HistoryFamily, Slide};
+use super::history::{GaugeHistory, HistoryContext, HistoryFamily, Slide};
 use super::intern::Interner;
 use super::pg_time::{PgMicros, Span};
 use super::{CollectContext, Collected, Family, OkrCollector, RowDecoder, ratio};
@@ -85,7 +85,7 @@ impl CreatorCounts {
 pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
-) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+) -> Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error> {
     let span = h.span();
     let (creators, rows) = read_rows(conn, span).await?;
     h.count_rows(rows.len());
@@ -141,7 +141,7 @@ pub(crate) async fn history(
             repeat.push_some(repeat_ids[w], step, tot.repeat_ratio());
         }
     }
-    Ok(vec![created, active, repeat])
+    Ok(vec![created.boxed(), active.boxed(), repeat.boxed()])
 }
 
 /// Collects `okr_followups_created`, `okr_active_creators` and `okr_repeat_creators_ratio`.
@@ -196,7 +196,7 @@ impl OkrCollector for AdoptionCollector {
                     repeat.push_window(&w.label, r);
                 }
             }
-            Ok(vec![created, active, repeat].into())
+            Ok(vec![created.boxed(), active.boxed(), repeat.boxed()].into())
         })
     }
 }

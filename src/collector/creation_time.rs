@@ -4,7 +4,8 @@
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::history::{HistoryContext, HistoryFamily, RankCounts, Slide};
+use super::history::{GaugeHistory, HistoryContext, HistoryFamily, RankCounts, Slide};
+use super::labels::WindowQuantile;
 use super::pg_time::PgMicros;
 use super::{CollectContext, Collected, Family, OkrCollector, ratio};
 
@@ -72,7 +73,7 @@ fn percentile_cont(q: f64, n: i64, kth: impl Fn(i64) -> f64) -> f64 {
 pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
-) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+) -> Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error> {
     let rows: Vec<(PgMicros, f64)> = h.read_span(conn, HISTORY_SQL).await?;
     let times: Vec<PgMicros> = rows.iter().map(|r| r.0).collect();
     // Rank of each row's duration among all of them (ties in any order).
@@ -95,11 +96,7 @@ pub(crate) async fn history(
     let quantile_ids: Vec<[usize; 3]> = h
         .windows
         .iter()
-        .map(|(w, _)| {
-            QUANTILES.map(|(_, q)| {
-                quantiles.series(vec![("window", w.clone()), ("quantile", q.to_owned())])
-            })
-        })
+        .map(|(w, _)| QUANTILES.map(|(_, q)| quantiles.series(WindowQuantile::new(w.as_str(), q))))
         .collect();
     let mut slides: Vec<Slide> = h.windows.iter().map(|(_, len)| Slide::new(*len)).collect();
     let mut counts: Vec<RankCounts> = h
@@ -128,7 +125,7 @@ pub(crate) async fn history(
             }
         }
     }
-    Ok(vec![quantiles, within, samples])
+    Ok(vec![quantiles.boxed(), within.boxed(), samples.boxed()])
 }
 
 /// Collects `okr_creation_time_seconds`, `…_within_target_ratio`, `…_samples`.
@@ -164,14 +161,11 @@ impl OkrCollector for CreationTimeCollector {
                 }
                 if let Some(qs) = qs.filter(|_| n > 0) {
                     for ((_, q), v) in QUANTILES.iter().zip(qs) {
-                        quantiles.push(
-                            vec![("window", window.clone()), ("quantile", (*q).to_owned())],
-                            v,
-                        );
+                        quantiles.push(WindowQuantile::new(window.as_str(), *q), v);
                     }
                 }
             }
-            Ok(vec![quantiles, within, samples].into())
+            Ok(vec![quantiles.boxed(), within.boxed(), samples.boxed()].into())
         })
     }
 }

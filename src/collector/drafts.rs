@@ -5,7 +5,8 @@
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::history::{HistoryContext, HistoryFamily, Membership, Slide};
+use super::history::{GaugeHistory, HistoryContext, HistoryFamily, Membership, Slide};
+use super::labels::WindowOutcome;
 use super::pg_time::{PgMicros, Span};
 use super::{CollectContext, Collected, Family, OkrCollector, ratio};
 
@@ -128,13 +129,10 @@ impl OkrCollector for DraftsCollector {
                     ("deleted", c.deleted),
                     ("open", c.open()),
                 ] {
-                    drafts.push(
-                        vec![("window", w.label.clone()), ("outcome", outcome.to_owned())],
-                        n as f64,
-                    );
+                    drafts.push(WindowOutcome::new(w.label.as_str(), outcome), n as f64);
                 }
             }
-            Ok(vec![completion, drafts].into())
+            Ok(vec![completion.boxed(), drafts.boxed()].into())
         })
     }
 }
@@ -145,7 +143,7 @@ impl OkrCollector for DraftsCollector {
 pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
-) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+) -> Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error> {
     let rows: Vec<(PgMicros, Option<PgMicros>, Option<PgMicros>)> =
         h.read_span(conn, HISTORY_SQL).await?;
     let created: Vec<PgMicros> = rows.iter().map(|r| r.0).collect();
@@ -172,7 +170,7 @@ pub(crate) async fn history(
         .iter()
         .map(|(w, _)| {
             ["open", "published", "deleted"]
-                .map(|o| drafts.series(vec![("window", w.clone()), ("outcome", o.to_owned())]))
+                .map(|o| drafts.series(WindowOutcome::new(w.as_str(), o)))
         })
         .collect();
     let nw = h.windows.len();
@@ -219,5 +217,5 @@ pub(crate) async fn history(
             }
         }
     }
-    Ok(vec![completion, drafts])
+    Ok(vec![completion.boxed(), drafts.boxed()])
 }

@@ -9,12 +9,15 @@ use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::history::{HistoryContext, HistoryFamily, Membership, Slide};
+use super::history::{GaugeHistory, HistoryContext, HistoryFamily, Membership, Slide};
 use super::intern::Interner;
+use super::labels::{
+    LabelSet, WindowCompany, WindowCreatorRegion, WindowLabels, WindowMeetingType,
+};
 use super::pg_time::{PgMicros, Span};
 use super::reconcile::{self, ReconcileClock};
 use super::watermark::{Watermarks, current_mark};
-use super::{CollectContext, Collected, Family, OkrCollector, RowDecoder, ratio};
+use super::{CollectContext, Collected, Families, Family, OkrCollector, RowDecoder, ratio};
 
 /// Label value of the companies outside the top N.
 pub const OTHER_COMPANY: &str = "__other__";
@@ -400,7 +403,7 @@ const PUBLISHED: (&str, &str) = (
 );
 
 /// The gauge families of the windows of `ctx` from their tallies.
-fn families(ctx: &CollectContext, f: &Published, t: &Tallies) -> Vec<Family> {
+fn families(ctx: &CollectContext, f: &Published, t: &Tallies) -> Families {
     let mut overall = Family::new(OVERALL.0, OVERALL.1);
     let mut engaged = Family::new(ENGAGED.0, ENGAGED.1);
     let mut by_meeting = Family::new(BY_MEETING.0, BY_MEETING.1);
@@ -419,24 +422,30 @@ fn families(ctx: &CollectContext, f: &Published, t: &Tallies) -> Vec<Family> {
             engaged.push_window(window, r);
         }
         for (m, tally) in t.column(&t.meetings, &dims.meeting, i) {
-            push_dim(&mut by_meeting, window, "meeting_type", m, tally);
+            push_dim(&mut by_meeting, WindowMeetingType::new(window, m), tally);
         }
         for (r, tally) in t.column(&t.regions, &dims.region, i) {
-            push_dim(&mut by_region, window, "creator_region", r, tally);
+            push_dim(&mut by_region, WindowCreatorRegion::new(window, r), tally);
         }
         let list = t.column(&t.companies, &dims.company, i);
         for (company, tally) in top_companies(list, ctx.company_top_n) {
-            push_dim(&mut by_company, window, "company", company, tally);
+            push_dim(&mut by_company, WindowCompany::new(window, company), tally);
         }
     }
     vec![
-        overall, engaged, by_meeting, by_region, by_company, published,
+        overall.boxed(),
+        engaged.boxed(),
+        by_meeting.boxed(),
+        by_region.boxed(),
+        by_company.boxed(),
+        published.boxed(),
     ]
 }
 
-fn push_dim(fam: &mut Family, window: &str, key: &'static str, value: String, t: Tally) {
+/// Adds the ratio of `t` under `labels`, when it has one.
+fn push_dim<L: LabelSet>(fam: &mut Family<L>, labels: L, t: Tally) {
     if let Some(r) = t.ratio() {
-        fam.push(vec![("window", window.to_owned()), (key, value)], r);
+        fam.push(labels, r);
     }
 }
 
@@ -511,7 +520,7 @@ impl Tally {
 pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
-) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+) -> Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error> {
     let span = h.span();
     let f = read_published(&mut *conn, span).await?;
     let n = f.followups.len();
@@ -601,12 +610,12 @@ impl Tallies {
 
 /// The engagement families of a backfill, with their series ids.
 struct HistoryFamilies {
-    overall: HistoryFamily,
-    engaged: HistoryFamily,
-    by_meeting: HistoryFamily,
-    by_region: HistoryFamily,
-    by_company: HistoryFamily,
-    published: HistoryFamily,
+    overall: HistoryFamily<WindowLabels>,
+    engaged: HistoryFamily<WindowLabels>,
+    by_meeting: HistoryFamily<WindowMeetingType>,
+    by_region: HistoryFamily<WindowCreatorRegion>,
+    by_company: HistoryFamily<WindowCompany>,
+    published: HistoryFamily<WindowLabels>,
     window_ids: Vec<[usize; 3]>,
     meeting_ids: Vec<usize>,
     region_ids: Vec<usize>,
@@ -627,7 +636,7 @@ impl HistoryFamilies {
             .windows
             .iter()
             .map(|(w, _)| {
-                let l = || vec![("window", w.clone())];
+                let l = || WindowLabels::new(w.as_str());
                 [
                     overall.series(l()),
                     engaged.series(l()),
@@ -635,29 +644,16 @@ impl HistoryFamilies {
                 ]
             })
             .collect();
-        let dim_ids = |fam: &mut HistoryFamily, key: &'static str, names: &Interner| {
-            let mut ids = vec![0; names.len() * h.windows.len()];
-            for d in 0..names.len() {
-                for (w, (label, _)) in h.windows.iter().enumerate() {
-                    ids[d * h.windows.len() + w] = fam.series(vec![
-                        ("window", label.clone()),
-                        (key, names.name(d).to_owned()),
-                    ]);
-                }
-            }
-            ids
-        };
-        let meeting_ids = dim_ids(&mut by_meeting, "meeting_type", &dims.meeting);
-        let region_ids = dim_ids(&mut by_region, "creator_region", &dims.region);
+        let meeting_ids = dim_series(&mut by_meeting, h, &dims.meeting, |w, m| {
+            WindowMeetingType::new(w, m)
+        });
+        let region_ids = dim_series(&mut by_region, h, &dims.region, |w, r| {
+            WindowCreatorRegion::new(w, r)
+        });
         let other_ids = h
             .windows
             .iter()
-            .map(|(w, _)| {
-                by_company.series(vec![
-                    ("window", w.clone()),
-                    ("company", OTHER_COMPANY.to_owned()),
-                ])
-            })
+            .map(|(w, _)| by_company.series(WindowCompany::new(w.as_str(), OTHER_COMPANY)))
             .collect();
         Self {
             overall,
@@ -710,10 +706,10 @@ impl HistoryFamilies {
             });
             for (d, tally) in &self.ranked[..top] {
                 let id = *self.company_ids.entry((*d, w)).or_insert_with(|| {
-                    self.by_company.series(vec![
-                        ("window", h.windows[w].0.clone()),
-                        ("company", dims.company.name(*d).to_owned()),
-                    ])
+                    self.by_company.series(WindowCompany::new(
+                        h.windows[w].0.as_str(),
+                        dims.company.name(*d),
+                    ))
                 });
                 self.by_company.push_some(id, step, tally.ratio());
             }
@@ -724,16 +720,33 @@ impl HistoryFamilies {
         }
     }
 
-    fn into_vec(self) -> Vec<HistoryFamily> {
+    fn into_vec(self) -> Vec<Box<dyn GaugeHistory>> {
         vec![
-            self.overall,
-            self.engaged,
-            self.by_meeting,
-            self.by_region,
-            self.by_company,
-            self.published,
+            self.overall.boxed(),
+            self.engaged.boxed(),
+            self.by_meeting.boxed(),
+            self.by_region.boxed(),
+            self.by_company.boxed(),
+            self.published.boxed(),
         ]
     }
+}
+
+/// The ids of the series of every dimension value `names` and window of
+/// `h`, at `d * windows + w`, labelled by `labels(window, name)`.
+fn dim_series<L: LabelSet>(
+    fam: &mut HistoryFamily<L>,
+    h: &HistoryContext,
+    names: &Interner,
+    labels: impl Fn(&str, &str) -> L,
+) -> Vec<usize> {
+    let mut ids = vec![0; names.len() * h.windows.len()];
+    for d in 0..names.len() {
+        for (w, (window, _)) in h.windows.iter().enumerate() {
+            ids[d * h.windows.len() + w] = fam.series(labels(window, names.name(d)));
+        }
+    }
+    ids
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::ops::Range;
 use std::time::Duration;
 
+use super::labels::{LabelPairs, LabelSet, NoLabels, WindowLabels};
 use super::pg_time::{PgMicros, Span};
 use crate::config::{Targets, Windows};
 
@@ -124,11 +125,13 @@ impl HistoryContext {
 
 /// One OKR family's sweep over its history (registered beside its live
 /// collector in [`registry::COLLECTORS`](super::registry::COLLECTORS)).
-pub type Sweep =
-    for<'a> fn(
-        &'a mut sqlx::PgConnection,
-        &'a HistoryContext,
-    ) -> futures_util::future::BoxFuture<'a, Result<Vec<HistoryFamily>, sqlx::Error>>;
+pub type Sweep = for<'a> fn(
+    &'a mut sqlx::PgConnection,
+    &'a HistoryContext,
+) -> futures_util::future::BoxFuture<
+    'a,
+    Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error>,
+>;
 
 /// Names of the collectors whose history a backfill computes, in registry
 /// order.
@@ -147,7 +150,7 @@ pub async fn collector_history(
     conn: &mut sqlx::PgConnection,
     h: &HistoryContext,
     name: &str,
-) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+) -> Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error> {
     match super::registry::find(name).and_then(|r| r.history) {
         Some(sweep) => sweep(conn, h).await,
         None => Ok(Vec::new()),
@@ -156,37 +159,54 @@ pub async fn collector_history(
 
 /// The target and alert-floor gauges at every step (constants of the
 /// configuration, so backfilled panels draw their target lines too).
-pub fn target_history(h: &HistoryContext) -> Vec<HistoryFamily> {
+pub fn target_history(h: &HistoryContext) -> Vec<Box<dyn GaugeHistory>> {
     super::targets::target_gauges(&h.targets)
         .into_iter()
         .map(|(name, help, value)| {
             let mut fam = HistoryFamily::new(name, help);
-            let id = fam.series(Vec::new());
+            let id = fam.series(NoLabels);
             for step in 0..h.steps.len() {
                 fam.push(id, step, value);
             }
-            fam
+            fam.boxed()
         })
         .collect()
 }
 
-/// Label pairs of one series.
-pub type Labels = Vec<(&'static str, String)>;
+/// A gauge family's history of any label set, as the backfill writes it.
+pub trait GaugeHistory: std::fmt::Debug + Send {
+    /// Metric name.
+    fn name(&self) -> &'static str;
+    /// HELP text, the live gauge's.
+    fn help(&self) -> &'static str;
+    /// Number of series (with or without values).
+    fn series_count(&self) -> usize;
+    /// Number of stored values.
+    fn len(&self) -> usize;
+    /// Whether no value is stored.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The series sorted by labels: label pairs (in exposition order) and
+    /// (step index, value), step indices ascending.
+    fn sorted_series(&self) -> Vec<(LabelPairs<'_>, &[(u32, f64)])>;
+}
 
-/// One gauge family's values at the steps of a backfill; absent values are
-/// not stored, as the live collector does not serve them.
+/// One gauge family's values at the steps of a backfill, its label set
+/// typed by `L` as the live family's; absent values are not stored, as the
+/// live collector does not serve them.
 #[derive(Debug, Clone)]
-pub struct HistoryFamily {
+pub struct HistoryFamily<L> {
     /// Metric name.
     pub name: &'static str,
     /// HELP text, the live gauge's.
     pub help: &'static str,
-    index: HashMap<Labels, usize>,
+    index: HashMap<L, usize>,
     /// Series: labels and (step index, value), step indices ascending.
-    pub series: Vec<(Labels, Vec<(u32, f64)>)>,
+    pub series: Vec<(L, Vec<(u32, f64)>)>,
 }
 
-impl HistoryFamily {
+impl<L: LabelSet> HistoryFamily<L> {
     /// An empty family.
     pub(crate) fn new(name: &'static str, help: &'static str) -> Self {
         Self {
@@ -198,7 +218,7 @@ impl HistoryFamily {
     }
 
     /// The id of the series with `labels`, created on first use.
-    pub(crate) fn series(&mut self, labels: Labels) -> usize {
+    pub(crate) fn series(&mut self, labels: L) -> usize {
         if let Some(id) = self.index.get(&labels) {
             return *id;
         }
@@ -206,14 +226,6 @@ impl HistoryFamily {
         self.index.insert(labels.clone(), id);
         self.series.push((labels, Vec::new()));
         id
-    }
-
-    /// One id per window for series labelled `window` only.
-    pub(crate) fn window_series(&mut self, h: &HistoryContext) -> Vec<usize> {
-        h.windows
-            .iter()
-            .map(|(w, _)| self.series(vec![("window", w.clone())]))
-            .collect()
     }
 
     /// Records `value` of series `id` at step `step`.
@@ -230,14 +242,48 @@ impl HistoryFamily {
         }
     }
 
-    /// Number of stored values.
-    pub fn len(&self) -> usize {
+    /// The family as the backfill writer takes it.
+    pub(crate) fn boxed(self) -> Box<dyn GaugeHistory> {
+        Box::new(self)
+    }
+}
+
+impl HistoryFamily<WindowLabels> {
+    /// One id per window for series labelled `window` only.
+    pub(crate) fn window_series(&mut self, h: &HistoryContext) -> Vec<usize> {
+        h.windows
+            .iter()
+            .map(|(w, _)| self.series(WindowLabels::new(w.as_str())))
+            .collect()
+    }
+}
+
+impl<L: LabelSet> GaugeHistory for HistoryFamily<L> {
+    fn name(&self) -> &'static str {
+        self.name
+    }
+
+    fn help(&self) -> &'static str {
+        self.help
+    }
+
+    fn series_count(&self) -> usize {
+        self.series.len()
+    }
+
+    fn len(&self) -> usize {
         self.series.iter().map(|(_, v)| v.len()).sum()
     }
 
-    /// Whether no value is stored.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
+    fn sorted_series(&self) -> Vec<(LabelPairs<'_>, &[(u32, f64)])> {
+        let mut series: Vec<&(L, Vec<(u32, f64)>)> = self.series.iter().collect();
+        // The fields' order is the labels' order, so this sorts as the
+        // label pairs would.
+        series.sort_by(|a, b| a.0.cmp(&b.0));
+        series
+            .into_iter()
+            .map(|(labels, values)| (labels.pairs(), values.as_slice()))
+            .collect()
     }
 }
 

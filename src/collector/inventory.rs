@@ -6,7 +6,8 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::history::{HistoryContext, HistoryFamily};
+use super::history::{GaugeHistory, HistoryContext, HistoryFamily};
+use super::labels::StatusLabels;
 use super::pg_time::PgMicros;
 use super::{CollectContext, Collected, Family, OkrCollector};
 
@@ -44,7 +45,7 @@ CROSS JOIN LATERAL (VALUES
 pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
-) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+) -> Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error> {
     let (Some(first), Some(last)) = (h.steps.first(), h.steps.last()) else {
         return Ok(Vec::new());
     };
@@ -69,7 +70,7 @@ pub(crate) async fn history(
         }
     }
     let mut fam = HistoryFamily::new(FOLLOWUPS.0, FOLLOWUPS.1);
-    let ids = STATUSES.map(|s| fam.series(vec![("status", s.to_owned())]));
+    let ids = STATUSES.map(|s| fam.series(StatusLabels::new(s)));
     let mut next = 0;
     for (step, t) in h.steps.iter().enumerate() {
         while let Some((kind, _)) = keys.get(next).filter(|k| k.1 <= *t) {
@@ -85,7 +86,7 @@ pub(crate) async fn history(
             fam.push(*id, step, n as f64);
         }
     }
-    Ok(vec![fam])
+    Ok(vec![fam.boxed()])
 }
 
 /// Collects `okr_followups{status}`.
@@ -114,9 +115,9 @@ impl OkrCollector for InventoryCollector {
                     .iter()
                     .find(|(s, _)| s == status)
                     .map_or(0, |(_, n)| *n);
-                fam.push(vec![("status", status.to_owned())], n as f64);
+                fam.push(StatusLabels::new(status), n as f64);
             }
-            Ok(vec![fam].into())
+            Ok(vec![fam.boxed()].into())
         })
     }
 }

@@ -17,11 +17,12 @@ use futures_util::TryStreamExt;
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::history::{HistoryContext, HistoryFamily, Slide};
+use super::history::{GaugeHistory, HistoryContext, HistoryFamily, Slide};
+use super::labels::WindowDevice;
 use super::pg_time::{PgMicros, Span};
 use super::reconcile::{self, ReconcileClock};
 use super::watermark::{Watermarks, current_mark};
-use super::{CollectContext, Collected, Family, OkrCollector, RowDecoder, ratio};
+use super::{CollectContext, Collected, Families, Family, OkrCollector, RowDecoder, ratio};
 
 /// Device classes, in label order; anything else counts as `other`.
 pub(crate) const DEVICES: [&str; 4] = ["mobile", "tablet", "desktop", "other"];
@@ -297,7 +298,7 @@ const VIEWS: (&str, &str) = (
 );
 
 /// The gauge families of the windows of `ctx`.
-fn families(ctx: &CollectContext, sessions: &Sessions) -> Vec<Family> {
+fn families(ctx: &CollectContext, sessions: &Sessions) -> Families {
     let mut share = Family::new(SHARE.0, SHARE.1);
     let mut views = Family::new(VIEWS.0, VIEWS.1);
     for (w, span) in ctx.windows.0.iter().zip(Span::windows(ctx)) {
@@ -306,16 +307,10 @@ fn families(ctx: &CollectContext, sessions: &Sessions) -> Vec<Family> {
             share.push_window(&w.label, r);
         }
         for (device, n) in DEVICES.iter().zip(counts) {
-            views.push(
-                vec![
-                    ("window", w.label.clone()),
-                    ("device_type", (*device).to_owned()),
-                ],
-                n as f64,
-            );
+            views.push(WindowDevice::new(w.label.as_str(), *device), n as f64);
         }
     }
-    vec![share, views]
+    vec![share.boxed(), views.boxed()]
 }
 
 /// The mobile gauges at every step of `h`, as of each step: one sweep over
@@ -323,7 +318,7 @@ fn families(ctx: &CollectContext, sessions: &Sessions) -> Vec<Family> {
 pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
-) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+) -> Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error> {
     let span = h.span();
     let mut rows = read_rows(conn, WINDOW_SQL, None, span.lo).await?;
     h.count_rows(rows.len());
@@ -336,10 +331,7 @@ pub(crate) async fn history(
     let view_ids: Vec<[usize; 4]> = h
         .windows
         .iter()
-        .map(|(w, _)| {
-            DEVICES
-                .map(|d| views.series(vec![("window", w.clone()), ("device_type", d.to_owned())]))
-        })
+        .map(|(w, _)| DEVICES.map(|d| views.series(WindowDevice::new(w.as_str(), d))))
         .collect();
     let mut slides: Vec<Slide> = h.windows.iter().map(|(_, len)| Slide::new(*len)).collect();
     let mut counts = vec![[0_i64; 4]; h.windows.len()];
@@ -359,7 +351,7 @@ pub(crate) async fn history(
             }
         }
     }
-    Ok(vec![share, views])
+    Ok(vec![share.boxed(), views.boxed()])
 }
 
 #[cfg(test)]

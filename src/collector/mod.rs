@@ -20,6 +20,7 @@ mod engagement;
 pub mod history;
 mod intern;
 mod inventory;
+pub mod labels;
 mod mobile;
 mod next_action;
 mod pg_time;
@@ -54,7 +55,7 @@ pub use registry::all_collectors;
 pub use rollups::{ROLLUP_LOCK_KEY, RollupCollector, rollup_start};
 pub use scheduler::{CollectError, Scheduler};
 pub use self_metrics::{CollectorLabel, CollectorMetrics};
-pub use snapshot::{Family, Sample, SnapshotStore};
+pub use snapshot::{Families, Family, GaugeFamily, Sample, SnapshotStore};
 pub use targets::register_targets;
 
 use crate::config::{Settings, Targets, Windows};
@@ -111,17 +112,17 @@ impl CollectContext {
 }
 
 /// What one collector run produced.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Collected {
-    /// The gauge families to serve.
-    pub families: Vec<Family>,
+    /// The gauge families to serve, each typed by its label set.
+    pub families: Families,
     /// Series a reconciliation found wrong in the incremental state (and
     /// served from the full computation instead).
     pub corrections: u64,
 }
 
-impl From<Vec<Family>> for Collected {
-    fn from(families: Vec<Family>) -> Self {
+impl From<Families> for Collected {
+    fn from(families: Families) -> Self {
         Self {
             families,
             corrections: 0,

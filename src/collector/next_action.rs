@@ -4,7 +4,7 @@
 use futures_util::future::BoxFuture;
 use sqlx::PgConnection;
 
-use super::history::{HistoryContext, HistoryFamily, Slide};
+use super::history::{GaugeHistory, HistoryContext, HistoryFamily, Slide};
 use super::pg_time::PgMicros;
 use super::{CollectContext, Collected, Family, OkrCollector};
 
@@ -46,7 +46,7 @@ ORDER BY a.action_at";
 pub(crate) async fn history(
     conn: &mut PgConnection,
     h: &HistoryContext,
-) -> Result<Vec<HistoryFamily>, sqlx::Error> {
+) -> Result<Vec<Box<dyn GaugeHistory>>, sqlx::Error> {
     let rows: Vec<(PgMicros, PgMicros)> = h.read_span(conn, HISTORY_SQL).await?;
     let times: Vec<PgMicros> = rows.iter().map(|r| r.0).collect();
     let delay: Vec<i128> = rows
@@ -77,7 +77,7 @@ pub(crate) async fn history(
             }
         }
     }
-    Ok(vec![avg, count])
+    Ok(vec![avg.boxed(), count.boxed()])
 }
 
 /// Collects `okr_time_to_next_action_avg_seconds` and `okr_next_actions`.
@@ -110,7 +110,7 @@ impl OkrCollector for NextActionCollector {
                     avg.push_window(&window, m);
                 }
             }
-            Ok(vec![avg, count].into())
+            Ok(vec![avg.boxed(), count.boxed()].into())
         })
     }
 }

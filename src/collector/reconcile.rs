@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use super::Family;
+use super::Families;
 
 /// When a collector last recomputed fully, and what the statistics views
 /// said then.
@@ -86,17 +86,15 @@ impl ReconcileClock {
 
 /// The number of series that differ between two results of one collector:
 /// present in one only, or with another value.
-pub fn corrections(incremental: &[Family], full: &[Family]) -> u64 {
+pub fn corrections(incremental: &Families, full: &Families) -> u64 {
     /// A series: metric name and sorted label pairs.
     type Key<'a> = (&'a str, Vec<(&'a str, &'a str)>);
-    fn index(families: &[Family]) -> HashMap<Key<'_>, f64> {
+    fn index(families: &Families) -> HashMap<Key<'_>, f64> {
         let mut m = HashMap::new();
         for f in families {
-            for s in &f.samples {
-                let mut labels: Vec<(&str, &str)> =
-                    s.labels.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            for (mut labels, value) in f.series() {
                 labels.sort_unstable();
-                m.insert((f.name, labels), s.value);
+                m.insert((f.name(), labels), value);
             }
         }
         m
@@ -113,6 +111,7 @@ pub fn corrections(incremental: &[Family], full: &[Family]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::Family;
 
     fn at(secs: i64) -> DateTime<Utc> {
         DateTime::from_timestamp(1_800_000_000 + secs, 0).unwrap_or_default()
@@ -163,7 +162,7 @@ mod tests {
             for (w, v) in samples {
                 f.push_window(w, *v);
             }
-            vec![f]
+            vec![f.boxed()]
         };
         let inc = fam(&[("1d", 1.0), ("7d", 2.0), ("30d", 3.0)]);
         assert_eq!(corrections(&inc, &inc), 0);

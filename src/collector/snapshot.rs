@@ -11,30 +11,32 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder};
 use prometheus_client::metrics::MetricType;
 
-/// One gauge sample: label pairs and value.
+use super::labels::{LabelPairs, LabelSet, WindowLabels};
+
+/// One gauge sample: its typed labels and value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
-    /// Label name/value pairs; values are escaped by the encoder.
-    pub labels: Vec<(&'static str, String)>,
+pub struct Sample<L> {
+    /// The labels; values are escaped by the encoder.
+    pub labels: L,
     /// The value.
     pub value: f64,
 }
 
-/// A gauge family produced by one collector.
+/// A gauge family produced by one collector, its label set typed by `L`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Family {
+pub struct Family<L> {
     /// Metric name.
     pub name: &'static str,
     /// What it measures and its SQL source, in a few words.
     pub help: &'static str,
     /// Samples; an empty family is not written at all.
-    pub samples: Vec<Sample>,
+    pub samples: Vec<Sample<L>>,
 }
 
-impl Family {
+impl<L: LabelSet> Family<L> {
     /// An empty family.
     pub fn new(name: &'static str, help: &'static str) -> Self {
         Self {
@@ -45,32 +47,82 @@ impl Family {
     }
 
     /// Adds a sample.
-    pub fn push(&mut self, labels: Vec<(&'static str, String)>, value: f64) {
+    pub fn push(&mut self, labels: L, value: f64) {
         self.samples.push(Sample { labels, value });
     }
 
+    /// The family as the store and the reconciliation hold it.
+    pub fn boxed(self) -> Box<dyn GaugeFamily> {
+        Box::new(self)
+    }
+}
+
+impl Family<WindowLabels> {
     /// Adds a sample labelled with a window only.
     pub fn push_window(&mut self, window: &str, value: f64) {
-        self.push(vec![("window", window.to_owned())], value);
+        self.push(WindowLabels::new(window), value);
+    }
+}
+
+/// The families of one collector run, each typed by its label set.
+pub type Families = Vec<Box<dyn GaugeFamily>>;
+
+/// A gauge family of any label set, as the [`SnapshotStore`] serves it.
+pub trait GaugeFamily: std::fmt::Debug + Send + Sync {
+    /// Metric name.
+    fn name(&self) -> &'static str;
+    /// What it measures and its SQL source, in a few words.
+    fn help(&self) -> &'static str;
+    /// Whether it has no sample.
+    fn is_empty(&self) -> bool;
+    /// Every sample: its label pairs (in exposition order) and value.
+    fn series(&self) -> Vec<(LabelPairs<'_>, f64)>;
+    /// The value of the sample whose labels are exactly `labels`, if any.
+    fn get(&self, labels: &[(&str, &str)]) -> Option<f64>;
+    /// Encodes every sample as a gauge of the metric being written.
+    fn encode_samples(&self, metric: &mut MetricEncoder<'_>) -> Result<(), std::fmt::Error>;
+}
+
+impl<L: LabelSet> GaugeFamily for Family<L> {
+    fn name(&self) -> &'static str {
+        self.name
     }
 
-    /// The value of the sample whose labels are exactly `labels`, if any.
-    pub fn get(&self, labels: &[(&str, &str)]) -> Option<f64> {
+    fn help(&self) -> &'static str {
+        self.help
+    }
+
+    fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    fn series(&self) -> Vec<(LabelPairs<'_>, f64)> {
         self.samples
             .iter()
-            .find(|s| {
-                s.labels.len() == labels.len()
-                    && labels
-                        .iter()
-                        .all(|(k, v)| s.labels.iter().any(|(lk, lv)| lk == k && lv == v))
-            })
+            .map(|s| (s.labels.pairs(), s.value))
+            .collect()
+    }
+
+    fn get(&self, labels: &[(&str, &str)]) -> Option<f64> {
+        self.samples
+            .iter()
+            .find(|s| s.labels.matches(labels))
             .map(|s| s.value)
+    }
+
+    fn encode_samples(&self, metric: &mut MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        for sample in &self.samples {
+            metric
+                .encode_family(&sample.labels)?
+                .encode_gauge(&sample.value)?;
+        }
+        Ok(())
     }
 }
 
 #[derive(Debug)]
 struct Snapshot {
-    families: Arc<Vec<Family>>,
+    families: Arc<Families>,
     taken_at: Instant,
     max_age: Duration,
     interval: Duration,
@@ -88,7 +140,7 @@ impl SnapshotStore {
     pub fn publish(
         &self,
         collector: &'static str,
-        families: Vec<Family>,
+        families: Families,
         interval: Duration,
         max_age: Duration,
     ) {
@@ -104,7 +156,7 @@ impl SnapshotStore {
     }
 
     /// The fresh families of every collector, in collector order.
-    pub fn fresh(&self) -> Vec<(Arc<Vec<Family>>, Duration)> {
+    pub fn fresh(&self) -> Vec<(Arc<Families>, Duration)> {
         let Ok(map) = self.snapshots.read() else {
             return Vec::new();
         };
@@ -119,7 +171,7 @@ impl SnapshotStore {
         self.fresh()
             .iter()
             .flat_map(|(fams, _)| fams.iter())
-            .filter(|f| f.name == name)
+            .filter(|f| f.name() == name)
             .find_map(|f| f.get(labels))
     }
 }
@@ -128,17 +180,14 @@ impl Collector for SnapshotStore {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         for (families, interval) in self.fresh() {
             let every = humantime::format_duration(interval);
-            for family in families.iter().filter(|f| !f.samples.is_empty()) {
+            for family in families.iter().filter(|f| !f.is_empty()) {
                 let help = format!(
                     "{} Refreshed every {every} by background collection.",
-                    family.help
+                    family.help()
                 );
                 let mut metric =
-                    encoder.encode_descriptor(family.name, &help, None, MetricType::Gauge)?;
-                for sample in &family.samples {
-                    let labels: &[(&'static str, String)] = &sample.labels;
-                    metric.encode_family(&labels)?.encode_gauge(&sample.value)?;
-                }
+                    encoder.encode_descriptor(family.name(), &help, None, MetricType::Gauge)?;
+                family.encode_samples(&mut metric)?;
             }
         }
         Ok(())
@@ -148,6 +197,7 @@ impl Collector for SnapshotStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::collector::labels::WindowCompany;
     use prometheus_client::registry::Registry;
 
     #[test]
@@ -157,23 +207,35 @@ mod tests {
         registry.register_collector(Box::new(Arc::clone(&store)));
         let mut fam = Family::new("okr_test_ratio", "A test ratio.");
         fam.push_window("7d", 0.5);
-        fam.push(
-            vec![
-                ("window", "7d".into()),
-                ("company", "A \"quoted\"\nname".into()),
-            ],
-            0.25,
-        );
+        let mut by_company = Family::new("okr_test_by_company_ratio", "A test ratio.");
+        by_company.push(WindowCompany::new("7d", "A \"quoted\"\nname"), 0.25);
         store.publish(
             "t",
-            vec![fam],
+            vec![fam.boxed(), by_company.boxed()],
             Duration::from_secs(60),
             Duration::from_secs(60),
         );
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         assert!(out.contains("okr_test_ratio{window=\"7d\"} 0.5"), "{out}");
-        assert!(out.contains(r#"company="A \"quoted\"\nname""#), "{out}");
+        assert!(
+            out.contains(
+                r#"okr_test_by_company_ratio{window="7d",company="A \"quoted\"\nname"} 0.25"#
+            ),
+            "{out}"
+        );
+        assert_eq!(
+            store.value("okr_test_ratio", &[("window", "7d")]),
+            Some(0.5)
+        );
+        assert_eq!(
+            store.value(
+                "okr_test_by_company_ratio",
+                &[("company", "A \"quoted\"\nname"), ("window", "7d")]
+            ),
+            Some(0.25)
+        );
+        assert_eq!(store.value("okr_test_ratio", &[("window", "1d")]), None);
         assert!(out.contains("Refreshed every 1m"), "{out}");
 
         store.publish("t", vec![], Duration::from_secs(60), Duration::ZERO);
@@ -181,5 +243,64 @@ mod tests {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
         assert!(!out.contains("okr_test_ratio"), "{out}");
+    }
+
+    #[test]
+    fn typed_labels_encode_as_their_label_pairs() {
+        use crate::collector::labels::*;
+        use prometheus_client::encoding::text::encode;
+        use prometheus_client::metrics::family::Family as ClientFamily;
+        use prometheus_client::metrics::gauge::Gauge;
+
+        /// The exposition of one gauge family under `labels`, typed and as
+        /// the plain label pairs it had before the label sets were typed.
+        fn both<L: LabelSet>(labels: L) -> (String, String) {
+            let store = Arc::new(SnapshotStore::default());
+            let mut typed = Registry::default();
+            typed.register_collector(Box::new(Arc::clone(&store)));
+            let mut fam = Family::new("okr_x", "X.");
+            fam.push(labels.clone(), 0.5);
+            store.publish(
+                "t",
+                vec![fam.boxed()],
+                Duration::from_secs(60),
+                Duration::from_secs(60),
+            );
+            let pairs: Vec<(String, String)> = labels
+                .pairs()
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            let plain_family = ClientFamily::<
+                Vec<(String, String)>,
+                Gauge<f64, std::sync::atomic::AtomicU64>,
+            >::default();
+            plain_family.get_or_create(&pairs).set(0.5);
+            let mut plain = Registry::default();
+            plain.register(
+                "okr_x",
+                "X. Refreshed every 1m by background collection",
+                plain_family,
+            );
+            let (mut a, mut b) = (String::new(), String::new());
+            encode(&mut a, &typed).unwrap_or_default();
+            encode(&mut b, &plain).unwrap_or_default();
+            (a, b)
+        }
+        let odd = "a \"b\"\nc\\d";
+        for (a, b) in [
+            both(WindowLabels::new("7d")),
+            both(WindowQuantile::new("7d", "0.8")),
+            both(WindowOutcome::new("1d", "open")),
+            both(WindowDevice::new("30d", "mobile")),
+            both(WindowMeetingType::new("7d", odd)),
+            both(WindowCreatorRegion::new("7d", odd)),
+            both(WindowCompany::new("7d", odd)),
+            both(StatusLabels::new("draft")),
+            both(NoLabels),
+        ] {
+            assert_eq!(a, b);
+            assert!(a.contains("okr_x"), "{a}");
+        }
     }
 }

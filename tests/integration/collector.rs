@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use okr_exporter::collector::{self, CollectContext, Family};
+use okr_exporter::collector::{self, CollectContext, Families};
 use okr_exporter::config::{Settings, parse_windows};
 use sqlx::PgPool;
 
@@ -186,7 +186,7 @@ fn fixture() -> Fixture {
     }
 }
 
-async fn collect_all(pool: &PgPool, ctx: &CollectContext) -> Vec<Family> {
+async fn collect_all(pool: &PgPool, ctx: &CollectContext) -> Families {
     let mut conn = pool.acquire().await.unwrap();
     let mut out = Vec::new();
     for c in collector::all_collectors() {

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use okr_exporter::collector::{
-    CollectContext, EngagementCollector, Family, MobileCollector, OkrCollector,
+    CollectContext, EngagementCollector, Families, MobileCollector, OkrCollector,
 };
 use okr_exporter::config::{Settings, parse_windows};
 use rand::rngs::StdRng;
@@ -22,16 +22,15 @@ use crate::support::prepared_db;
 
 type Series = BTreeMap<(String, BTreeSet<(String, String)>), f64>;
 
-fn flatten(families: Vec<Family>) -> Series {
+fn flatten(families: Families) -> Series {
     let mut m = BTreeMap::new();
     for f in families {
-        for s in f.samples {
-            let labels = s
-                .labels
+        for (labels, value) in f.series() {
+            let labels = labels
                 .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
                 .collect();
-            m.insert((f.name.to_owned(), labels), s.value);
+            m.insert((f.name().to_owned(), labels), value);
         }
     }
     m

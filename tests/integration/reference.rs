@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use chrono::{DateTime, Duration, Utc};
-use okr_exporter::collector::Family;
+use okr_exporter::collector::GaugeFamily;
 use okr_exporter::config::Targets;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -478,21 +478,21 @@ pub fn expected(
 }
 
 /// The families' series; panics on a duplicate series.
-pub fn flatten(families: &[Family]) -> BTreeMap<Key, f64> {
+pub fn flatten(families: &[Box<dyn GaugeFamily>]) -> BTreeMap<Key, f64> {
     let mut m = BTreeMap::new();
     for fam in families {
-        for s in &fam.samples {
+        for (labels, value) in fam.series() {
             let k = (
-                fam.name.to_owned(),
-                s.labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), v.clone()))
+                fam.name().to_owned(),
+                labels
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
                     .collect(),
             );
             assert!(
-                m.insert(k, s.value).is_none(),
+                m.insert(k, value).is_none(),
                 "duplicate series in {}",
-                fam.name
+                fam.name()
             );
         }
     }

@@ -342,7 +342,7 @@ impl Harness {
                 }
                 _ => {
                     assert_eq!(out.corrections, 0, "{}", c.name());
-                    plain.extend(out.families.iter().map(|f| f.name.to_owned()));
+                    plain.extend(out.families.iter().map(|f| f.name().to_owned()));
                 }
             }
             families.extend(out.families);
