@@ -379,7 +379,12 @@ async fn report(
     if format != "json" && format != "csv" {
         return Err(ApiError::invalid("format", "format must be json or csv"));
     }
-    let history = history(&state.pool, days).await.map_err(|e| {
+    // While the database is known to be down, answer 503 at once (with
+    // Retry-After) instead of waiting for the pool, as ingestion does.
+    let ticket = state.database.admit().map_err(ApiError::from)?;
+    let history = history(&state.pool, days).await;
+    ticket.observe(&history);
+    let history = history.map_err(|e| {
         tracing::warn!(error = %e, "reading rollup history failed");
         ApiError::unavailable("database unavailable; retry later")
     })?;

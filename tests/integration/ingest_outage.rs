@@ -212,6 +212,36 @@ async fn a_failed_connection_makes_later_requests_fail_fast_and_a_probe_recovers
         slowest_fast < Duration::from_millis(500),
         "refusals took up to {slowest_fast:?}: {times:?}"
     );
+    // The report reads the same database: refused at once too, unless it
+    // is the one probe of the second (then it waits like the discoverer).
+    let mut fast_reports = 0;
+    for _ in 0..3 {
+        let started = Instant::now();
+        let resp = app
+            .clone()
+            .oneshot(
+                Request::get("/api/okr/report")
+                    .body(Body::empty())
+                    .expect("request"),
+            )
+            .await
+            .expect("infallible");
+        let took = started.elapsed();
+        assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+        if took < Duration::from_millis(500) {
+            assert_eq!(
+                resp.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok()),
+                Some("5")
+            );
+            fast_reports += 1;
+        }
+    }
+    assert!(
+        fast_reports >= 2,
+        "the report waited for the pool during a known outage"
+    );
 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let pg = resume(pg).await;
