@@ -225,27 +225,36 @@ pub(crate) struct Tallies {
 impl Tallies {
     /// One pass over F: each follow-up adds to every span it falls in.
     pub(crate) fn count(f: &Published, visitors: &Visitors, spans: &[Span]) -> Self {
-        let n = spans.len();
-        let dims = &f.dims;
-        let mut t = Self {
-            spans: n,
-            totals: vec![Tally::default(); n],
-            meetings: vec![Tally::default(); n * dims.meeting.len()],
-            regions: vec![Tally::default(); n * dims.region.len()],
-            companies: vec![Tally::default(); n * dims.company.len()],
-        };
+        let mut t = Self::empty(spans.len(), &f.dims);
         for f in &f.followups {
             let v = visitors.get(&f.id).copied().unwrap_or(0);
             for (i, span) in spans.iter().enumerate() {
                 if span.contains(f.published_at) {
-                    t.totals[i].add(v);
-                    t.meetings[f.meeting * n + i].add(v);
-                    t.regions[f.region * n + i].add(v);
-                    t.companies[f.company * n + i].add(v);
+                    t.each(f, i, |tally| tally.add(v));
                 }
             }
         }
         t
+    }
+
+    /// Applies `change` to every tally of window `w` that `f` belongs to.
+    fn each(&mut self, f: &Followup, w: usize, mut change: impl FnMut(&mut Tally)) {
+        let n = self.spans;
+        change(&mut self.totals[w]);
+        change(&mut self.meetings[f.meeting * n + w]);
+        change(&mut self.regions[f.region * n + w]);
+        change(&mut self.companies[f.company * n + w]);
+    }
+
+    /// Zero tallies for `spans` intervals and the values of `dims`.
+    fn empty(spans: usize, dims: &Dims) -> Self {
+        Self {
+            spans,
+            totals: vec![Tally::default(); spans],
+            meetings: vec![Tally::default(); spans * dims.meeting.len()],
+            regions: vec![Tally::default(); spans * dims.region.len()],
+            companies: vec![Tally::default(); spans * dims.company.len()],
+        }
     }
 
     /// The tallies of span `i` by dimension value, non-empty only.
@@ -559,13 +568,7 @@ pub(crate) async fn history(
     let mut slides: Vec<Slide> = h.windows.iter().map(|(_, len)| Slide::new(*len)).collect();
     let mut inside = Membership::new(n, nw);
     let mut visitors = vec![0_i64; n];
-    let mut t = Tallies {
-        spans: nw,
-        totals: vec![Tally::default(); nw],
-        meetings: vec![Tally::default(); nw * dims.meeting.len()],
-        regions: vec![Tally::default(); nw * dims.region.len()],
-        companies: vec![Tally::default(); nw * dims.company.len()],
-    };
+    let mut t = Tallies::empty(nw, dims);
     let mut next_visit = 0;
     for (step, at) in h.steps.iter().enumerate() {
         for (w, slide) in slides.iter_mut().enumerate() {
@@ -595,17 +598,6 @@ pub(crate) async fn history(
         fams.record(h, dims, &t, step);
     }
     Ok(fams.into_vec())
-}
-
-impl Tallies {
-    /// Applies `change` to every tally of window `w` that `f` belongs to.
-    fn each(&mut self, f: &Followup, w: usize, mut change: impl FnMut(&mut Tally)) {
-        let n = self.spans;
-        change(&mut self.totals[w]);
-        change(&mut self.meetings[f.meeting * n + w]);
-        change(&mut self.regions[f.region * n + w]);
-        change(&mut self.companies[f.company * n + w]);
-    }
 }
 
 /// The engagement families of a backfill, with their series ids.

@@ -62,10 +62,7 @@ impl ExporterProcess {
 /// A dedicated cluster with the source schema, the migrations, a password
 /// role the exporter logs in as, and `n` follow-ups published an hour ago.
 async fn database(n: usize) -> (EmbeddedPostgres, PgPool, String, Vec<Uuid>) {
-    let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start)
-        .await
-        .expect("join")
-        .expect("embedded PostgreSQL");
+    let pg = crate::support::dedicated_cluster().await;
     let admin = PgPoolOptions::new()
         .max_connections(2)
         .connect(&pg.url("postgres"))
@@ -82,15 +79,7 @@ async fn database(n: usize) -> (EmbeddedPostgres, PgPool, String, Vec<Uuid>) {
         .await
         .expect("database");
     admin.close().await;
-    let pool = PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&pg.url("followup"))
-        .await
-        .expect("connect");
-    okr_exporter::db::apply_source_schema(&pool)
-        .await
-        .expect("schema");
-    okr_exporter::db::migrate(&pool).await.expect("migrations");
+    let pool = crate::support::prepared_pool(&pg.url("followup")).await;
     let ids = crate::support::published_followups(&pool, n).await;
     let published = Utc::now() - chrono::Duration::hours(1);
     sqlx::query(
@@ -308,7 +297,7 @@ async fn outage_lock_and_killed_connections_never_take_metrics_down_nor_leak_sec
     );
     let pool = PgPoolOptions::new()
         .max_connections(2)
-        .connect(&pool_url(&pg))
+        .connect(&pg.url("followup"))
         .await
         .expect("reconnect");
     let ok = eventually(Duration::from_secs(5), || async {
@@ -349,7 +338,7 @@ async fn outage_lock_and_killed_connections_never_take_metrics_down_nor_leak_sec
 
     // 3. A statement blocked by another session's lock: only that collector
     // times out, the others keep succeeding.
-    let mut locker = PgConnection::connect(&pool_url(&pg))
+    let mut locker = PgConnection::connect(&pg.url("followup"))
         .await
         .expect("connect");
     sqlx::raw_sql("BEGIN; LOCK TABLE okr_next_actions IN ACCESS EXCLUSIVE MODE;")
@@ -417,10 +406,6 @@ async fn outage_lock_and_killed_connections_never_take_metrics_down_nor_leak_sec
         assert!(!seen.contains(secret), "secret in a response");
     }
     drop(pool);
-}
-
-fn pool_url(pg: &EmbeddedPostgres) -> String {
-    pg.url("followup")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

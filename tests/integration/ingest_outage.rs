@@ -31,19 +31,8 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 /// A dedicated cluster with the schema and `n` follow-ups published an hour
 /// ago (created 20 minutes before that).
 async fn cluster(n: usize) -> (EmbeddedPostgres, PgPool, Vec<Uuid>) {
-    let pg = tokio::task::spawn_blocking(EmbeddedPostgres::start)
-        .await
-        .expect("join")
-        .expect("embedded PostgreSQL");
-    let pool = PgPoolOptions::new()
-        .max_connections(2)
-        .connect(&pg.url("postgres"))
-        .await
-        .expect("connect");
-    okr_exporter::db::apply_source_schema(&pool)
-        .await
-        .expect("schema");
-    okr_exporter::db::migrate(&pool).await.expect("migrations");
+    let pg = crate::support::dedicated_cluster().await;
+    let pool = crate::support::prepared_pool(&pg.url("postgres")).await;
     let ids = crate::support::published_followups(&pool, n).await;
     (pg, pool, ids)
 }

@@ -201,3 +201,25 @@ pub async fn published_followups(pool: &PgPool, n: usize) -> Vec<uuid::Uuid> {
     .expect("follow-ups");
     ids
 }
+
+/// A cluster of its own, for a test that stops and starts the server.
+pub async fn dedicated_cluster() -> EmbeddedPostgres {
+    tokio::task::spawn_blocking(EmbeddedPostgres::start)
+        .await
+        .expect("join")
+        .expect("embedded PostgreSQL")
+}
+
+/// A pool on `url` with the fixture source schema and the migrations applied.
+pub async fn prepared_pool(url: &str) -> PgPool {
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect(url)
+        .await
+        .expect("connect");
+    okr_exporter::db::apply_source_schema(&pool)
+        .await
+        .expect("schema");
+    okr_exporter::db::migrate(&pool).await.expect("migrations");
+    pool
+}
