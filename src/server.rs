@@ -116,6 +116,7 @@ impl Exporter {
         });
         let state = AppState {
             registry: Arc::new(registry),
+            http_metrics: http_metrics.clone(),
             settings,
             pool,
             read_pool,

@@ -10,12 +10,16 @@ use sqlx::PgPool;
 use crate::collector::SnapshotStore;
 use crate::config::Settings;
 use crate::db_availability::DatabaseAvailability;
+use crate::http_metrics::HttpMetricsLayer;
 
 /// Shared state of the handlers; cheap to clone (pools and `Arc`s).
 #[derive(Clone)]
 pub struct AppState {
     /// Metrics registry served on `/metrics`.
     pub registry: Arc<Registry>,
+    /// The latency middleware registered in `registry`, whose exemplars
+    /// `/metrics` adds.
+    pub http_metrics: HttpMetricsLayer,
     /// Resolved settings.
     pub settings: Arc<Settings>,
     /// Primary pool (migrations, ingestion, rollups).

@@ -173,6 +173,7 @@ impl ExporterRelay {
 struct ApiState {
     pool: PgPool,
     registry: Arc<Registry>,
+    metrics: HttpMetricsLayer,
     relay: Option<ExporterRelay>,
     max_creation_seconds: f64,
 }
@@ -196,6 +197,7 @@ fn routes(
     let state = ApiState {
         pool,
         registry: Arc::new(registry),
+        metrics: metrics.clone(),
         relay,
         max_creation_seconds,
     };
@@ -670,7 +672,7 @@ async fn metrics_page(
     State(state): State<ApiState>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    crate::scrape::respond(&state.registry, &headers)
+    crate::scrape::respond(&state.registry, Some(&state.metrics), &headers)
 }
 
 async fn unknown_route() -> ApiError {

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::exemplar::TraceId;
 use super::layer::State;
 use super::shard::thread_shard;
 use super::sink::{LogExtra, LogState, RequestRecord, received_method};
@@ -26,6 +27,8 @@ pub(crate) struct RequestGuard {
     /// Only set when a request sink is configured and the request has a
     /// user id or a non-standard method.
     log: Option<Box<LogExtra>>,
+    /// The request's trace id, kept as an exemplar of its bucket.
+    trace_id: Option<TraceId>,
 }
 
 impl RequestGuard {
@@ -38,6 +41,7 @@ impl RequestGuard {
         method: u8,
         start: u64,
         log: Option<Box<LogExtra>>,
+        trace_id: Option<TraceId>,
     ) -> Self {
         let shard = thread_shard();
         route.start(shard, method);
@@ -49,6 +53,7 @@ impl RequestGuard {
             start,
             shard,
             log,
+            trace_id,
         }
     }
 
@@ -70,8 +75,14 @@ impl Drop for RequestGuard {
             NO_RESPONSE => STATUS_CLIENT_CLOSED_REQUEST,
             status => status,
         };
-        self.route
-            .observe(&self.state.buckets, self.shard, self.method, status, nanos);
+        self.route.observe(
+            &self.state.buckets,
+            self.shard,
+            self.method,
+            status,
+            nanos,
+            self.trace_id.as_ref(),
+        );
         if let Some(log) = &self.state.log
             && log.sink.accepts()
         {

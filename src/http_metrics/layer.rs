@@ -8,6 +8,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tower::Layer;
 
 use super::clock::{LatencyClock, RawClock};
+use super::exemplar::{BucketExemplar, TraceIdSource};
 use super::exposition::{ActiveRequests, LatencyTargets, RequestDuration};
 use super::service::HttpMetrics;
 use super::shard::shard_count;
@@ -31,6 +32,37 @@ impl HttpMetricsLayer {
     /// buckets, latency targets and unmatched-route label.
     pub fn new(registry: &mut Registry) -> Self {
         Self::builder().register(registry)
+    }
+
+    /// The exemplars kept so far, one per classic bucket of each series of
+    /// `http_server_request_duration_seconds` at most, ordered by series and
+    /// bucket. prometheus-client's encoders take exemplars only from its own
+    /// metric types, so [`crate::exposition::encode_with_exemplars`] adds
+    /// these to its output.
+    pub fn exemplars(&self) -> Vec<BucketExemplar> {
+        let bounds = self.state.buckets.bounds();
+        let mut out = Vec::new();
+        for route in self.state.routes.iter() {
+            route.for_each_series(|method, status, counters| {
+                for (bucket, trace_id, nanos, timestamp) in counters.exemplars() {
+                    out.push(BucketExemplar {
+                        method: super::exposition::method_label(method),
+                        route: Arc::clone(route.label()),
+                        status,
+                        upper_bound: bounds.get(bucket).copied().unwrap_or(f64::INFINITY),
+                        trace_id,
+                        seconds: nanos as f64 / 1e9,
+                        timestamp,
+                    });
+                }
+            });
+        }
+        out.sort_by(|a, b| {
+            (&a.route, a.method, a.status)
+                .cmp(&(&b.route, b.method, b.status))
+                .then(a.upper_bound.total_cmp(&b.upper_bound))
+        });
+        out
     }
 
     /// Starts a configuration; finish it with [`HttpMetricsBuilder::register`].
@@ -72,6 +104,10 @@ pub struct HttpMetricsBuilder {
     sink: Option<Arc<dyn RequestSink>>,
     user_id_header: Option<HeaderName>,
     clock: LatencyClock,
+    native: bool,
+    classic: bool,
+    exemplars: bool,
+    trace_id_header: Option<HeaderName>,
 }
 
 impl Default for HttpMetricsBuilder {
@@ -83,6 +119,10 @@ impl Default for HttpMetricsBuilder {
             sink: None,
             user_id_header: None,
             clock: LatencyClock::Auto,
+            native: true,
+            classic: true,
+            exemplars: true,
+            trace_id_header: None,
         }
     }
 }
@@ -96,6 +136,10 @@ impl fmt::Debug for HttpMetricsBuilder {
             .field("sink", &self.sink.is_some())
             .field("user_id_header", &self.user_id_header)
             .field("clock", &self.clock)
+            .field("native_histogram", &self.native)
+            .field("classic_buckets", &self.classic)
+            .field("exemplars", &self.exemplars)
+            .field("trace_id_header", &self.trace_id_header)
             .finish()
     }
 }
@@ -176,6 +220,43 @@ impl HttpMetricsBuilder {
         self
     }
 
+    /// Whether `http_server_request_duration_seconds` also keeps a native
+    /// histogram (default on): exponential buckets of schema 3 (each 2^(1/8)
+    /// ≈ 1.09 times the one before, so a quantile is within ≈ 4.4 % of the
+    /// bucket's middle), from 1 ns to 2^17 s (36 h; longer requests count in
+    /// the last bucket), at most 377 buckets per series and never reset. It
+    /// is served only over the protobuf exposition; the text formats carry
+    /// the classic buckets.
+    pub fn native_histogram(mut self, on: bool) -> Self {
+        self.native = on;
+        self
+    }
+
+    /// Whether the classic buckets are kept (default on). Off, the family
+    /// keeps only its `+Inf` bucket (the count) beside the sum, so the text
+    /// formats stay valid, and exemplars are kept one per series.
+    pub fn classic_buckets(mut self, on: bool) -> Self {
+        self.classic = on;
+        self
+    }
+
+    /// Whether requests carrying a trace id leave an exemplar in their
+    /// bucket (default on). Off, no request header is read for it.
+    pub fn exemplars(mut self, on: bool) -> Self {
+        self.exemplars = on;
+        self
+    }
+
+    /// The request header whose value is an exemplar's `trace_id`. By
+    /// default the W3C `traceparent` header, whose trace id (32 hex digits)
+    /// is taken when the header is valid; any other header gives its whole
+    /// value when that is 1 to [`MAX_TRACE_ID_LEN`](super::MAX_TRACE_ID_LEN)
+    /// printable ASCII characters other than `"` and `\`.
+    pub fn trace_id_header(mut self, header: HeaderName) -> Self {
+        self.trace_id_header = Some(header);
+        self
+    }
+
     /// Registers `http_server_request_duration_seconds`,
     /// `http_server_active_requests` and `http_server_latency_target_seconds`
     /// in `registry` (no prefix is added) and returns the layer feeding them.
@@ -220,8 +301,17 @@ impl HttpMetricsBuilder {
         // The cost: one state (about 31 KB with 4 shards, plus its routes'
         // counters) is never freed per `register` call, which is meant to be
         // made once per process (`tests/http_metrics_alloc.rs` bounds it).
+        let buckets = match self.classic {
+            true => Buckets::new(&self.buckets, &DEFAULT_BUCKETS),
+            false => Buckets::inf_only(),
+        };
+        let trace_ids = self.exemplars.then(|| match self.trace_id_header {
+            Some(header) if header.as_str() != "traceparent" => TraceIdSource::Header(header),
+            _ => TraceIdSource::TraceParent,
+        });
         let state: &'static State = Box::leak(Box::new(State {
-            buckets: Buckets::new(&self.buckets, &DEFAULT_BUCKETS),
+            buckets: buckets.with_native(self.native),
+            trace_ids,
             routes: RouteTable::new(self.unmatched_route_label, shards),
             targets,
             log,
@@ -276,6 +366,8 @@ pub(crate) struct LatencyTarget {
 /// registered metric views; read-only apart from the counters' atomics.
 pub(crate) struct State {
     pub(crate) buckets: Buckets,
+    /// Where exemplars' trace ids come from; `None` with exemplars off.
+    pub(crate) trace_ids: Option<TraceIdSource>,
     pub(crate) routes: RouteTable,
     pub(crate) targets: Vec<LatencyTarget>,
     /// Set when a request sink is configured.

@@ -107,16 +107,19 @@
 
 mod body;
 mod clock;
+mod exemplar;
 mod exposition;
 mod future;
 mod guard;
 mod layer;
+mod native;
 mod service;
 mod shard;
 mod sink;
 mod store;
 
 pub use clock::LatencyClock;
+pub use exemplar::{BucketExemplar, MAX_TRACE_ID_LEN};
 pub use future::ResponseFuture;
 pub use layer::{HttpMetricsBuilder, HttpMetricsLayer};
 pub use service::HttpMetrics;
@@ -128,6 +131,9 @@ pub use sink::{MAX_USER_ID_LEN, RequestRecord, RequestSink};
 pub const DEFAULT_BUCKETS: [f64; 15] = [
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.2, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
+
+/// Name of the request-duration histogram family, as exposed.
+pub const REQUEST_DURATION_FAMILY: &str = "http_server_request_duration_seconds";
 
 /// Default `http_route` value for requests that matched no route.
 pub const DEFAULT_UNMATCHED_ROUTE: &str = "__unmatched__";

@@ -66,6 +66,11 @@ where
             .log
             .as_ref()
             .and_then(|log| LogExtra::capture(&request, method, log.user_id_header.as_ref()));
+        let trace_id = self
+            .state
+            .trace_ids
+            .as_ref()
+            .and_then(|source| source.read(request.headers()));
         let start = self.state.clock.raw();
         // The guard is made after the inner call, not before: with the guard
         // first, rustc copied axum's ~320-byte route future once more on its
@@ -75,7 +80,7 @@ where
         // uncounted rather than counted as started and never finished.
         ResponseFuture::new(
             self.inner.call(request),
-            RequestGuard::start(self.state, route, method, start, log),
+            RequestGuard::start(self.state, route, method, start, log, trace_id),
         )
     }
 }

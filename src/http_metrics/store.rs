@@ -21,6 +21,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use http::Method;
 
+use super::exemplar::{ExemplarSlots, TraceId};
+use super::native;
 use super::shard::thread_shard;
 
 /// Number of method label values: the nine standard methods and `_OTHER`.
@@ -75,10 +77,13 @@ pub(crate) fn method_index(method: &Method) -> u8 {
     }
 }
 
-/// Histogram bucket upper bounds, in seconds for the exposition and in
-/// nanoseconds for the hot path (integer comparisons, no float conversion).
+/// Histogram bucket layout: the classic upper bounds, in seconds for the
+/// exposition and in nanoseconds for the hot path (integer comparisons, no
+/// float conversion), and whether native buckets (`native.rs`) are kept.
 #[derive(Debug)]
 pub(crate) struct Buckets {
+    /// Whether each series also counts native (exponential) buckets.
+    pub(crate) native: bool,
     bounds: Box<[f64]>,
     bounds_nanos: Box<[u64]>,
     /// `first_candidate[k]`: how many bounds lie below `2^(k-1)`, the least
@@ -97,6 +102,21 @@ impl Buckets {
         }
         kept.sort_by(f64::total_cmp);
         kept.dedup();
+        Self::from_bounds(kept)
+    }
+
+    /// Only the `+Inf` bucket: the classic buckets turned off.
+    pub(crate) fn inf_only() -> Self {
+        Self::from_bounds(Vec::new())
+    }
+
+    /// Also keep native buckets.
+    pub(crate) fn with_native(mut self, native: bool) -> Self {
+        self.native = native;
+        self
+    }
+
+    fn from_bounds(mut kept: Vec<f64>) -> Self {
         // The bucket index must fit the start table's `u8`s; a histogram
         // with hundreds of buckets is a configuration mistake anyway.
         kept.truncate(usize::from(u8::MAX));
@@ -110,6 +130,7 @@ impl Buckets {
             u8::try_from(below).unwrap_or(u8::MAX)
         });
         Self {
+            native: false,
             bounds: kept.into_boxed_slice(),
             bounds_nanos,
             first_candidate,
@@ -173,14 +194,27 @@ impl CounterBlock {
 /// (an exact integer `fetch_add`, no CAS loop on float bits) and counters
 /// `1..` are the non-cumulative bucket counts, `+Inf` last. The count is their
 /// sum, so `_count` always equals the `+Inf` bucket.
+///
+/// Native buckets, when kept, live in blocks of 16 counters per shard,
+/// allocated on a block's first observation: latencies cluster in a few
+/// octaves, so a series rarely needs more than a handful of the
+/// [`native::SLOTS`] counters, and a block once there is never freed or
+/// reallocated.
 pub(crate) struct SeriesCounters {
     blocks: Box<[CounterBlock]>,
     blocks_per_shard: usize,
     shard_mask: usize,
+    bucket_count: usize,
+    native: Option<Box<[OnceLock<Box<CounterBlock>>]>>,
+    exemplars: OnceLock<Box<ExemplarSlots>>,
 }
 
+/// Native counter blocks per shard.
+const NATIVE_BLOCKS: usize = native::SLOTS.div_ceil(COUNTERS_PER_BLOCK);
+
 impl SeriesCounters {
-    fn new(bucket_count: usize, shards: usize) -> Self {
+    fn new(buckets: &Buckets, shards: usize) -> Self {
+        let bucket_count = buckets.len_with_inf();
         let blocks_per_shard = (1 + bucket_count).div_ceil(COUNTERS_PER_BLOCK);
         Self {
             blocks: (0..blocks_per_shard * shards)
@@ -188,6 +222,13 @@ impl SeriesCounters {
                 .collect(),
             blocks_per_shard,
             shard_mask: shards - 1,
+            bucket_count,
+            native: buckets.native.then(|| {
+                (0..NATIVE_BLOCKS * shards)
+                    .map(|_| OnceLock::new())
+                    .collect()
+            }),
+            exemplars: OnceLock::new(),
         }
     }
 
@@ -200,7 +241,7 @@ impl SeriesCounters {
     }
 
     #[inline]
-    fn observe(&self, shard: usize, bucket: usize, nanos: u64) {
+    fn observe(&self, shard: usize, bucket: usize, nanos: u64, trace_id: Option<&TraceId>) {
         let shard = shard & self.shard_mask;
         if let Some(sum) = self.counter(shard, 0) {
             sum.fetch_add(nanos, Ordering::Relaxed);
@@ -210,6 +251,52 @@ impl SeriesCounters {
             // that sees this request finished also sees it started.
             count.fetch_add(1, Ordering::Release);
         }
+        if let Some(native) = &self.native {
+            let slot = native::slot(nanos);
+            if let Some(block) = native.get(shard * NATIVE_BLOCKS + slot / COUNTERS_PER_BLOCK) {
+                // Release after the classic count: a scrape reading native
+                // counts first (Acquire) then classic ones sees every request
+                // it counted natively in the classic buckets too.
+                block.get_or_init(|| Box::new(CounterBlock::new())).0[slot % COUNTERS_PER_BLOCK]
+                    .fetch_add(1, Ordering::Release);
+            }
+        }
+        if let Some(id) = trace_id {
+            self.keep_exemplar(bucket, id, nanos);
+        }
+    }
+
+    #[inline(never)]
+    fn keep_exemplar(&self, bucket: usize, id: &TraceId, nanos: u64) {
+        self.exemplars
+            .get_or_init(|| Box::new(ExemplarSlots::new(self.bucket_count)))
+            .record(bucket, id, nanos);
+    }
+
+    /// Native bucket counts by slot (`native::slot`), when native buckets
+    /// are kept.
+    pub(crate) fn native_counts(&self) -> Option<Vec<u64>> {
+        let native = self.native.as_ref()?;
+        let mut counts = vec![0u64; native::SLOTS];
+        for shard in native.chunks(NATIVE_BLOCKS) {
+            for (b, block) in shard.iter().enumerate() {
+                let Some(block) = block.get() else { continue };
+                for (i, counter) in block.0.iter().enumerate() {
+                    if let Some(total) = counts.get_mut(b * COUNTERS_PER_BLOCK + i) {
+                        *total += counter.load(Ordering::Acquire);
+                    }
+                }
+            }
+        }
+        Some(counts)
+    }
+
+    /// `(classic bucket index, trace id, latency in ns, when)` of the kept
+    /// exemplars.
+    pub(crate) fn exemplars(&self) -> Vec<(usize, String, u64, std::time::SystemTime)> {
+        self.exemplars
+            .get()
+            .map_or_else(Vec::new, |slots| slots.snapshot())
     }
 
     fn shards(&self) -> impl Iterator<Item = usize> {
@@ -338,6 +425,7 @@ impl RouteSeries {
         method: u8,
         status: u16,
         nanos: u64,
+        trace_id: Option<&TraceId>,
     ) {
         let key = series_key(method, status);
         let bucket = buckets.index(nanos);
@@ -357,23 +445,30 @@ impl RouteSeries {
                     });
             if claimed {
                 self.series[slot]
-                    .get_or_init(|| SeriesCounters::new(buckets.len_with_inf(), self.started.len()))
-                    .observe(shard, bucket, nanos);
+                    .get_or_init(|| SeriesCounters::new(buckets, self.started.len()))
+                    .observe(shard, bucket, nanos, trace_id);
                 return;
             }
             slot = (slot + 1) % SERIES_SLOTS;
         }
-        self.observe_overflow(buckets, key, bucket, nanos);
+        self.observe_overflow(buckets, key, bucket, nanos, trace_id);
     }
 
     #[cold]
-    fn observe_overflow(&self, buckets: &Buckets, key: u16, bucket: usize, nanos: u64) {
+    fn observe_overflow(
+        &self,
+        buckets: &Buckets,
+        key: u16,
+        bucket: usize,
+        nanos: u64,
+        trace_id: Option<&TraceId>,
+    ) {
         let mut overflow = self.overflow.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, series)) = overflow.iter().find(|(k, _)| *k == key) {
-            series.observe(0, bucket, nanos);
+            series.observe(0, bucket, nanos, trace_id);
         } else {
-            let series = SeriesCounters::new(buckets.len_with_inf(), 1);
-            series.observe(0, bucket, nanos);
+            let series = SeriesCounters::new(buckets, 1);
+            series.observe(0, bucket, nanos, trace_id);
             overflow.push((key, series));
         }
     }
@@ -655,10 +750,10 @@ mod tests {
     fn series_are_kept_apart_by_method_and_status() {
         let buckets = Buckets::new(&DEFAULT, &DEFAULT);
         let route = RouteSeries::new(Arc::from("/r"), 4);
-        route.observe(&buckets, thread_shard(), 0, 200, 50_000_000);
-        route.observe(&buckets, thread_shard(), 0, 200, 2_000_000_000);
-        route.observe(&buckets, thread_shard(), 2, 200, 1);
-        route.observe(&buckets, thread_shard(), 0, 404, 1);
+        route.observe(&buckets, thread_shard(), 0, 200, 50_000_000, None);
+        route.observe(&buckets, thread_shard(), 0, 200, 2_000_000_000, None);
+        route.observe(&buckets, thread_shard(), 2, 200, 1, None);
+        route.observe(&buckets, thread_shard(), 0, 404, 1, None);
         assert_eq!(
             snapshot(&route, &buckets),
             vec![
@@ -678,7 +773,7 @@ mod tests {
                 scope.spawn(|| {
                     for _ in 0..1000 {
                         route.start(thread_shard(), 0);
-                        route.observe(&buckets, thread_shard(), 0, 200, 3);
+                        route.observe(&buckets, thread_shard(), 0, 200, 3, None);
                     }
                 });
             }
@@ -700,7 +795,7 @@ mod tests {
         assert!(pairs.len() > SERIES_SLOTS);
         for _ in 0..3 {
             for &(m, s) in &pairs {
-                route.observe(&buckets, thread_shard(), m, s, 1);
+                route.observe(&buckets, thread_shard(), m, s, 1, None);
             }
         }
         let seen: Vec<(u8, u16, u64)> = snapshot(&route, &buckets)
@@ -784,7 +879,7 @@ mod tests {
                         for i in 0..KEYS_PER_WRITER {
                             let (method, status) = key_of(writer, i);
                             route.start(shard, method);
-                            route.observe(buckets, shard, method, status, 1_000);
+                            route.observe(buckets, shard, method, status, 1_000, None);
                         }
                         round_end.wait();
                     }
