@@ -9,7 +9,12 @@
 //! - `bare`: no layer;
 //! - `empty_layer`: `Router::layer` with a pass-through layer — what axum's
 //!   per-route boxing costs any layer;
-//! - `metrics_layer`: `Router::layer(HttpMetricsLayer)`;
+//! - `metrics_layer`: `Router::layer(HttpMetricsLayer)` with the defaults:
+//!   classic and native buckets, exemplars read from `traceparent`;
+//! - `metrics_classic_only`: the layer with native buckets and exemplars
+//!   off — the layer as it was before either existed;
+//! - `empty_layer_traced` / `metrics_layer_traced`: the same requests with a
+//!   W3C `traceparent` header, so the metrics layer keeps an exemplar;
 //! - `empty_handler_layer` / `metrics_handler_layer`: the same two layers
 //!   applied with `Handler::layer`, which skips `Router::layer`'s boxing
 //!   (`MatchedPath` is already set when a handler runs);
@@ -298,6 +303,38 @@ impl Case {
         }
     }
 
+    /// As [`router`](Self::router), each request carrying a `traceparent`.
+    fn router_traced(name: &'static str, router: Router) -> Self {
+        Self {
+            name,
+            make: Box::new(move || {
+                let mut router = router.clone();
+                Box::new(move || traced_request(&mut router))
+            }),
+        }
+    }
+
+    /// As [`service`](Self::service), each request carrying a `traceparent`.
+    fn service_traced<S>(name: &'static str, service: S) -> Self
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        let paths = [captured_matched_path(), captured_matched_path()];
+        let next = AtomicUsize::new(0);
+        Self {
+            name,
+            make: Box::new(move || {
+                let mut service = service.clone();
+                let matched_path = paths[next.fetch_add(1, Ordering::Relaxed) % 2].clone();
+                Box::new(move || call_service_traced(&mut service, &matched_path))
+            }),
+        }
+    }
+
     fn service<S>(name: &'static str, service: S) -> Self
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
@@ -328,6 +365,7 @@ impl Case {
 fn router_cases(logged: Option<HttpMetricsLayer>) -> Vec<Case> {
     let mut registry = Registry::default();
     let metrics = HttpMetricsLayer::new(&mut registry);
+    let classic_only = classic_only_layer();
     let mut naive_registry = Registry::default();
     let naive = NaiveLayer::new(&mut naive_registry);
     let (axum_prometheus, _handle) = axum_prometheus::PrometheusMetricLayer::pair();
@@ -340,6 +378,18 @@ fn router_cases(logged: Option<HttpMetricsLayer>) -> Vec<Case> {
         Case::router("bare", prepared(routes())),
         Case::router("empty_layer", prepared(routes().layer(PassThroughLayer))),
         Case::router("metrics_layer", prepared(routes().layer(metrics.clone()))),
+        Case::router(
+            "metrics_classic_only",
+            prepared(routes().layer(classic_only)),
+        ),
+        Case::router_traced(
+            "empty_layer_traced",
+            prepared(routes().layer(PassThroughLayer)),
+        ),
+        Case::router_traced(
+            "metrics_layer_traced",
+            prepared(routes().layer(metrics.clone())),
+        ),
     ];
     if let Some(logged) = logged {
         cases.push(Case::router(
@@ -418,6 +468,9 @@ fn layer_only_cases(logged: Option<HttpMetricsLayer>) -> Vec<Case> {
     let mut cases = vec![
         Case::service("empty_layer", PassThroughLayer.layer(inner)),
         Case::service("metrics_layer", metrics.layer(inner)),
+        Case::service("metrics_classic_only", classic_only_layer().layer(inner)),
+        Case::service_traced("empty_layer_traced", PassThroughLayer.layer(inner)),
+        Case::service_traced("metrics_layer_traced", metrics.layer(inner)),
     ];
     if let Some(logged) = logged {
         cases.push(Case::service(
@@ -485,6 +538,41 @@ fn request(router: &mut Router) -> usize {
         .body(Body::empty())
         .expect("static request is valid");
     respond(Service::<Request<Body>>::call(router, request))
+}
+
+/// The layer without native buckets or exemplars, as it was before them.
+fn classic_only_layer() -> HttpMetricsLayer {
+    HttpMetricsLayer::builder()
+        .native_histogram(false)
+        .exemplars(false)
+        .register(&mut Registry::default())
+}
+
+/// A W3C trace context header, as a traced client sends it.
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// As [`request`], with a `traceparent` header.
+#[inline]
+fn traced_request(router: &mut Router) -> usize {
+    let request = Request::get("/api/followups/42")
+        .header("traceparent", TRACEPARENT)
+        .body(Body::empty())
+        .expect("static request is valid");
+    respond(Service::<Request<Body>>::call(router, request))
+}
+
+/// As [`call_service`], with a `traceparent` header.
+#[inline]
+fn call_service_traced<S>(service: &mut S, matched_path: &MatchedPath) -> usize
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
+{
+    let mut request = Request::new(Body::empty());
+    request
+        .headers_mut()
+        .insert("traceparent", http::HeaderValue::from_static(TRACEPARENT));
+    request.extensions_mut().insert(matched_path.clone());
+    respond(service.call(request))
 }
 
 /// One request straight to a service, `MatchedPath` included.
@@ -717,7 +805,12 @@ fn benches(c: &mut Criterion) {
         let title = format!(
             "{what}, {threads} thread(s) on one route, {rounds} rounds x {per_round} requests per thread"
         );
-        print_paired(&title, cases, &results, &["bare", "empty_layer"]);
+        print_paired(
+            &title,
+            cases,
+            &results,
+            &["bare", "empty_layer", "metrics_classic_only"],
+        );
     }
 
     // `PAIRED_ONLY=1 cargo bench --bench http_metrics` stops after the

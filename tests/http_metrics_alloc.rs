@@ -416,3 +416,55 @@ fn each_registration_leaks_one_bounded_state() {
         kept[0]
     );
 }
+
+/// Allocations per request of `router` for requests carrying a W3C
+/// `traceparent` header (the header's own allocations included).
+fn traced_allocations_per_request(mut router: Router) -> f64 {
+    const N: u64 = 2_000;
+    let traced = || {
+        Request::get("/api/followups/42")
+            .header(
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            )
+            .body(Body::empty())
+            .unwrap()
+    };
+    let mut call = |router: &mut Router| {
+        Service::<Request<Body>>::call(router, traced())
+            .now_or_never()
+            .expect("handler completes without waiting")
+            .unwrap_or_else(|never: Infallible| match never {})
+    };
+    for _ in 0..100 {
+        assert_eq!(call(&mut router).status(), 200);
+    }
+    let before = allocations();
+    for _ in 0..N {
+        drop(call(&mut router));
+    }
+    (allocations() - before) as f64 / N as f64
+}
+
+/// Native buckets and exemplars are on by default: once a series has its
+/// exemplar slots (its first traced request), a traced request allocates
+/// nothing more than it does through an empty layer.
+#[test]
+fn exemplars_allocate_nothing_per_request_once_a_series_has_its_slots() {
+    let empty = traced_allocations_per_request(prepared(
+        Router::new()
+            .route(ROUTE, get(handler))
+            .layer(PassThroughLayer),
+    ));
+    let mut registry = Registry::default();
+    let layer = HttpMetricsLayer::new(&mut registry);
+    let ours = traced_allocations_per_request(prepared(
+        Router::new()
+            .route(ROUTE, get(handler))
+            .layer(layer.clone()),
+    ));
+    assert_eq!(ours, empty, "empty layer {empty}, metrics {ours}");
+    let kept = layer.exemplars();
+    assert_eq!(kept.len(), 1, "{kept:?}");
+    assert_eq!(kept[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+}

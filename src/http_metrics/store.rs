@@ -195,22 +195,24 @@ impl CounterBlock {
 /// `1..` are the non-cumulative bucket counts, `+Inf` last. The count is their
 /// sum, so `_count` always equals the `+Inf` bucket.
 ///
-/// Native buckets, when kept, live in blocks of 16 counters per shard,
-/// allocated on a block's first observation: latencies cluster in a few
-/// octaves, so a series rarely needs more than a handful of the
-/// [`native::SLOTS`] counters, and a block once there is never freed or
-/// reallocated.
+/// Native buckets, when kept, get one array of [`native::SLOTS`] counters
+/// (3 KB) per shard, allocated on the shard's first observation of the
+/// series: a series served by one or two threads pays for those only, and
+/// after each thread's first request the hot path allocates nothing (an
+/// allocation per 16-counter block was tried: latencies wandering into a
+/// new block allocated mid-traffic, `tests/http_metrics_alloc.rs`).
 pub(crate) struct SeriesCounters {
     blocks: Box<[CounterBlock]>,
     blocks_per_shard: usize,
     shard_mask: usize,
     bucket_count: usize,
-    native: Option<Box<[OnceLock<Box<CounterBlock>>]>>,
+    native: Option<Box<[OnceLock<Box<NativeShard>>]>>,
     exemplars: OnceLock<Box<ExemplarSlots>>,
 }
 
-/// Native counter blocks per shard.
-const NATIVE_BLOCKS: usize = native::SLOTS.div_ceil(COUNTERS_PER_BLOCK);
+/// One shard's native bucket counters, on cache lines of their own.
+#[repr(align(128))]
+struct NativeShard([AtomicU64; native::SLOTS]);
 
 impl SeriesCounters {
     fn new(buckets: &Buckets, shards: usize) -> Self {
@@ -223,11 +225,9 @@ impl SeriesCounters {
             blocks_per_shard,
             shard_mask: shards - 1,
             bucket_count,
-            native: buckets.native.then(|| {
-                (0..NATIVE_BLOCKS * shards)
-                    .map(|_| OnceLock::new())
-                    .collect()
-            }),
+            native: buckets
+                .native
+                .then(|| (0..shards).map(|_| OnceLock::new()).collect()),
             exemplars: OnceLock::new(),
         }
     }
@@ -251,14 +251,16 @@ impl SeriesCounters {
             // that sees this request finished also sees it started.
             count.fetch_add(1, Ordering::Release);
         }
-        if let Some(native) = &self.native {
-            let slot = native::slot(nanos);
-            if let Some(block) = native.get(shard * NATIVE_BLOCKS + slot / COUNTERS_PER_BLOCK) {
+        if let Some(native) = &self.native
+            && let Some(cell) = native.get(shard)
+        {
+            let counters = cell
+                .get_or_init(|| Box::new(NativeShard(std::array::from_fn(|_| AtomicU64::new(0)))));
+            if let Some(count) = counters.0.get(native::slot(nanos)) {
                 // Release after the classic count: a scrape reading native
                 // counts first (Acquire) then classic ones sees every request
                 // it counted natively in the classic buckets too.
-                block.get_or_init(|| Box::new(CounterBlock::new())).0[slot % COUNTERS_PER_BLOCK]
-                    .fetch_add(1, Ordering::Release);
+                count.fetch_add(1, Ordering::Release);
             }
         }
         if let Some(id) = trace_id {
@@ -278,14 +280,9 @@ impl SeriesCounters {
     pub(crate) fn native_counts(&self) -> Option<Vec<u64>> {
         let native = self.native.as_ref()?;
         let mut counts = vec![0u64; native::SLOTS];
-        for shard in native.chunks(NATIVE_BLOCKS) {
-            for (b, block) in shard.iter().enumerate() {
-                let Some(block) = block.get() else { continue };
-                for (i, counter) in block.0.iter().enumerate() {
-                    if let Some(total) = counts.get_mut(b * COUNTERS_PER_BLOCK + i) {
-                        *total += counter.load(Ordering::Acquire);
-                    }
-                }
+        for shard in native.iter().filter_map(OnceLock::get) {
+            for (total, counter) in counts.iter_mut().zip(&shard.0) {
+                *total += counter.load(Ordering::Acquire);
             }
         }
         Some(counts)

@@ -6,7 +6,10 @@
 //! instead of repeating a target literal, and never turn an absent ratio into
 //! a zero. `docker-compose.yml` must mount files that exist, cover every
 //! provisioning file, publish ports on 127.0.0.1 only, pin its images and
-//! import the demo's history before Prometheus first starts.
+//! import the demo's history before Prometheus first starts. The latency
+//! dashboard reads the native histogram where Prometheus stores one and
+//! shows exemplars; the compose Prometheus scrapes native histograms beside
+//! the classic buckets and Grafana links an exemplar's trace id.
 //!
 //! Queries are read with a PromQL parser (module [`promql`]) once their
 //! Grafana variables are replaced by the concrete values documented on
@@ -1133,5 +1136,375 @@ fn compose_imports_the_demo_history_before_prometheus_starts() {
         dockerfile.contains("install -d -o 10001 -g 10001 -m 0755 /backfill")
             && dockerfile.contains("USER 10001:10001"),
         "the runtime image must have /backfill owned by its user 10001"
+    );
+}
+
+// ------------------------------------------------ native histograms and exemplars
+
+/// The native histogram of the latency family: one series named like the
+/// family (no `_bucket`, `_count` or `_sum`), scraped over protobuf.
+const NATIVE_HISTOGRAM: &str = "http_server_request_duration_seconds";
+
+/// Its classic buckets.
+const CLASSIC_BUCKETS: &str = "http_server_request_duration_seconds_bucket";
+
+fn api_latency() -> Value {
+    dashboards()
+        .into_iter()
+        .find(|(name, _)| name == "api-latency")
+        .map(|(_, dashboard)| dashboard)
+        .expect("dashboards/api-latency.json")
+}
+
+/// The metric names a query selects, suffixes kept.
+fn selected_names(place: &str, expr: &str) -> BTreeSet<String> {
+    promql::metric_names(&parse_query(place, expr))
+        .into_iter()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `q` and the histogram argument, when `expr` is `histogram_quantile(q, …)`.
+fn quantile(expr: &Expr) -> Option<(f64, &Expr)> {
+    let Expr::Call(call) = promql::unparen(expr) else {
+        return None;
+    };
+    if call.func.name != "histogram_quantile" {
+        return None;
+    }
+    let [q, histogram] = call.args.args.as_slice() else {
+        return None;
+    };
+    let Expr::NumberLiteral(q) = promql::unparen(q) else {
+        return None;
+    };
+    Some((q.val, histogram))
+}
+
+/// `histogram_quantile(q, …)`'s `q` and the label set its second argument
+/// is aggregated by, when `expr` is that call.
+fn quantile_and_grouping(expr: &Expr) -> Option<(f64, BTreeSet<String>)> {
+    let (q, histogram) = quantile(expr)?;
+    let Expr::Aggregate(aggregate) = promql::unparen(histogram) else {
+        return None;
+    };
+    let by = match &aggregate.modifier {
+        Some(promql_parser::parser::LabelModifier::Include(labels)) => {
+            labels.labels.iter().cloned().collect()
+        }
+        _ => return None,
+    };
+    Some((q, by))
+}
+
+/// The label matchers of an expression's selectors, metric names left out.
+fn label_matchers(expr: &Expr) -> BTreeSet<String> {
+    promql::matchers(expr)
+        .into_iter()
+        .filter(|m| m.name != "__name__")
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Whether `expr` computes a P95: `histogram_quantile(0.95, …)` anywhere in it.
+fn is_p95(expr: &Expr) -> bool {
+    promql::nodes(expr)
+        .into_iter()
+        .any(|node| quantile(node).is_some_and(|(q, _)| q == 0.95))
+}
+
+/// The metric names an expression selects.
+fn names(expr: &Expr) -> BTreeSet<&str> {
+    promql::metric_names(expr).into_iter().collect()
+}
+
+/// A heatmap of the native histogram: Grafana draws its exponential buckets
+/// as cells (no `le` to calculate from), on the dashboard's own filters.
+#[test]
+fn api_latency_has_a_native_histogram_heatmap() {
+    let dashboard = api_latency();
+    let heatmaps: Vec<&Value> = all_panels(&dashboard)
+        .into_iter()
+        .filter(|panel| panel["type"] == "heatmap")
+        .filter(|panel| {
+            panel_exprs(panel).iter().any(|(ref_id, expr)| {
+                selected_names(ref_id, expr) == BTreeSet::from([NATIVE_HISTOGRAM.to_owned()])
+            })
+        })
+        .collect();
+    assert_eq!(
+        heatmaps.len(),
+        1,
+        "api-latency needs one heatmap of {NATIVE_HISTOGRAM} (without _bucket)"
+    );
+    let panel = heatmaps[0];
+    let targets = panel["targets"].as_array().expect("targets");
+    assert_eq!(targets.len(), 1, "{}", title(panel));
+    let target = &targets[0];
+    let expr = target["expr"].as_str().expect("expr");
+    assert_eq!(target["format"], "heatmap", "{expr}");
+    assert_eq!(target["range"], true, "{expr}");
+    // sum(rate(<native>{…}[$__rate_interval])): all buckets of the selected
+    // series added up, per step.
+    let tree = parse_query(&title(panel), expr);
+    let Expr::Aggregate(sum) = promql::unparen(&tree) else {
+        panic!("{expr} is not an aggregation");
+    };
+    assert!(
+        sum.op.to_string() == "sum" && sum.modifier.is_none(),
+        "{expr} must sum every bucket without grouping"
+    );
+    assert!(
+        promql::calls(&tree).iter().any(|c| c.func.name == "rate"),
+        "{expr}"
+    );
+    let variables = referenced_variables(expr);
+    for var in ["job", "route", "__rate_interval"] {
+        assert!(variables.contains(var), "{expr} ignores ${var}");
+    }
+    let options = &panel["options"];
+    assert_eq!(options["calculate"], false, "{}", title(panel));
+    assert_eq!(options["yAxis"]["unit"], "s", "{}", title(panel));
+}
+
+/// The native-first P95: `histogram_quantile` of the native series `or` of
+/// the classic buckets. `or` keeps every series of its left side and adds a
+/// right-side series only where no left-side one has the same labels, so
+/// each route and method reads the native histogram where Prometheus stores
+/// one, the buckets otherwise (2.x without the feature flag, 3.x without
+/// `scrape_native_histograms`, a target without native buckets). Both sides
+/// must end with the same labels and the same filters for that to hold.
+#[test]
+fn api_latency_p95_reads_the_native_histogram_else_the_buckets() {
+    let dashboard = api_latency();
+    let mut found = Vec::new();
+    for panel in all_panels(&dashboard) {
+        for (ref_id, expr) in panel_exprs(panel) {
+            let place = format!("api-latency: panel {:?} query {ref_id}", title(panel));
+            let tree = parse_query(&place, &expr);
+            let Expr::Binary(or) = promql::unparen(&tree) else {
+                continue;
+            };
+            if or.op.to_string() != "or" {
+                continue;
+            }
+            let (Some((q_native, by_native)), Some((q_classic, by_classic))) = (
+                quantile_and_grouping(&or.lhs),
+                quantile_and_grouping(&or.rhs),
+            ) else {
+                continue;
+            };
+            assert!(
+                or.modifier.as_ref().is_none_or(|m| m.matching.is_none()),
+                "{place}: `or` must match on all labels: {expr}"
+            );
+            assert!(q_native == 0.95 && q_classic == 0.95, "{place}: {expr}");
+            assert_eq!(
+                names(&or.lhs),
+                BTreeSet::from([NATIVE_HISTOGRAM]),
+                "{place}: the left side must read the native histogram: {expr}"
+            );
+            assert_eq!(
+                names(&or.rhs),
+                BTreeSet::from([CLASSIC_BUCKETS]),
+                "{place}: the right side must read the classic buckets: {expr}"
+            );
+            assert!(
+                !by_native.contains("le") && by_classic.contains("le"),
+                "{place}: only the classic side groups by le: {expr}"
+            );
+            let mut by_classic_without_le = by_classic.clone();
+            by_classic_without_le.remove("le");
+            assert_eq!(
+                by_native, by_classic_without_le,
+                "{place}: both sides must give the same labels: {expr}"
+            );
+            assert!(
+                by_native.contains("http_route") && by_native.contains("http_request_method"),
+                "{place}: one P95 per route and method: {expr}"
+            );
+            assert_eq!(
+                label_matchers(&or.lhs),
+                label_matchers(&or.rhs),
+                "{place}: both sides must filter alike: {expr}"
+            );
+            assert!(
+                referenced_variables(&expr)
+                    .is_superset(&BTreeSet::from(["job".to_owned(), "route".to_owned()])),
+                "{place}: {expr}"
+            );
+            assert_eq!(panel["type"], "timeseries", "{place}");
+            found.push(title(panel));
+        }
+    }
+    assert_eq!(found.len(), 1, "native-first P95 panels: {found:?}");
+}
+
+/// Grafana asks Prometheus for exemplars only for a query whose target says
+/// `"exemplar": true`, and only for range queries (an instant query in a
+/// table has no time axis to put them on). Every P95 range query shows them.
+#[test]
+fn p95_range_queries_show_exemplars() {
+    let mut with_exemplars = 0;
+    for (name, dashboard) in dashboards() {
+        for panel in all_panels(&dashboard) {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let Some(expr) = target["expr"].as_str() else {
+                    continue;
+                };
+                let place = format!("{name}: panel {:?} query {}", title(panel), target["refId"]);
+                let instant = target["instant"] == true || target["range"] == false;
+                if target["hide"] == true || instant || !is_p95(&parse_query(&place, expr)) {
+                    continue;
+                }
+                assert_eq!(
+                    target["exemplar"], true,
+                    "{place} shows a P95 without its exemplars: {expr}"
+                );
+                with_exemplars += 1;
+            }
+        }
+    }
+    // "P95 latency vs per-endpoint target", the native-first P95 and the
+    // per-route P50 / P95 / P99.
+    assert!(with_exemplars >= 3, "{with_exemplars} P95 range queries");
+}
+
+/// The compose Prometheus (3.x) scrapes native histograms and keeps the
+/// classic buckets beside them, which every latency rule, alert and most
+/// panels read; it stores exemplars. Both keys are Prometheus 3 only and
+/// promtool 2.x, which checks prometheus.yml, rejects them: the service's
+/// entrypoint adds them under `global:` in a copy of prometheus.yml next to
+/// it, and Prometheus runs on that copy. The test makes the same copy.
+#[test]
+fn compose_prometheus_scrapes_native_histograms_and_keeps_the_buckets() {
+    let compose = compose();
+    let prometheus = compose_service(&compose, "prometheus");
+
+    // scrape_native_histograms is the only switch from 3.9 on (3.8 added
+    // it; the native-histograms feature flag does nothing since 3.9).
+    let image = service_value(prometheus, "image").expect("prometheus image");
+    let version: Vec<u64> = image
+        .rsplit_once(":v")
+        .map(|(_, v)| v)
+        .unwrap_or_default()
+        .split('.')
+        .map(|part| part.parse().unwrap_or(0))
+        .collect();
+    assert!(
+        version.len() == 3 && (version[0], version[1]) >= (3, 9),
+        "{image}: scrape_native_histograms needs Prometheus 3.9 or later here"
+    );
+
+    let entrypoint = strings(&prometheus["entrypoint"]);
+    assert!(
+        entrypoint.len() == 4 && entrypoint[..2] == ["/bin/sh", "-c"],
+        "{entrypoint:?}"
+    );
+    let script = &entrypoint[2];
+    // The command's flags become the script's "$@" (`$$` is Compose's `$`).
+    assert!(script.ends_with("exec /bin/prometheus \"$$@\""), "{script}");
+    assert!(
+        script.contains("/^global:/")
+            && script.contains(
+                "/etc/prometheus/prometheus.yml > /etc/prometheus/prometheus.compose.yml"
+            ),
+        "{script}"
+    );
+    let command = strings(&prometheus["command"]);
+    assert!(
+        command.contains(&"--config.file=/etc/prometheus/prometheus.compose.yml".to_owned()),
+        "Prometheus must run on the copy: {command:?}"
+    );
+    assert!(
+        command.contains(&"--enable-feature=exemplar-storage".to_owned()),
+        "Prometheus must store exemplars: {command:?}"
+    );
+
+    // The lines the script prints after `global:`.
+    let added: Vec<&str> = script
+        .split("print \"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(line, _)| line))
+        .collect();
+    assert!(!added.is_empty(), "{script}");
+    let source = fs::read_to_string(repo_root().join("provisioning/prometheus/prometheus.yml"))
+        .expect("prometheus.yml");
+    let mut copy = String::new();
+    for line in source.lines() {
+        copy.push_str(line);
+        copy.push('\n');
+        if line.starts_with("global:") {
+            for added in &added {
+                copy.push_str(added);
+                copy.push('\n');
+            }
+        }
+    }
+    let config: Value = serde_saphyr::from_str(&copy)
+        .unwrap_or_else(|e| panic!("the compose copy of prometheus.yml is not YAML: {e}\n{copy}"));
+    let global = &config["global"];
+    assert_eq!(global["scrape_native_histograms"], true, "{global}");
+    assert_eq!(global["always_scrape_classic_histograms"], true, "{global}");
+    // The copy is prometheus.yml plus the two keys: same jobs and rules.
+    let original = load_yaml("provisioning/prometheus/prometheus.yml");
+    assert_eq!(config["scrape_configs"], original["scrape_configs"]);
+    assert_eq!(config["rule_files"], original["rule_files"]);
+    assert!(
+        original["global"]["scrape_native_histograms"].is_null()
+            && original["global"]["always_scrape_classic_histograms"].is_null(),
+        "prometheus.yml must stay valid for promtool 2.x"
+    );
+    // No job turns either off or negotiates without protobuf.
+    for job in config["scrape_configs"].as_array().into_iter().flatten() {
+        assert!(
+            job["scrape_native_histograms"] != false
+                && job["always_scrape_classic_histograms"] != false,
+            "{job}"
+        );
+        for protocols in [&global["scrape_protocols"], &job["scrape_protocols"]] {
+            assert!(
+                protocols.is_null() || strings(protocols).contains(&"PrometheusProto".to_owned()),
+                "{job}: {protocols}"
+            );
+        }
+    }
+}
+
+/// Exemplars carry the label `trace_id`; the data source links it to a
+/// tracing backend (a placeholder the README tells to change).
+#[test]
+fn grafana_links_exemplar_trace_ids() {
+    let datasources = load_yaml("provisioning/grafana/datasources/prometheus.yml");
+    let source = datasources["datasources"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|d| d["uid"] == "prometheus")
+        .expect("a data source with uid prometheus");
+    let destinations = source["jsonData"]["exemplarTraceIdDestinations"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let destination = destinations
+        .iter()
+        .find(|d| d["name"] == "trace_id")
+        .unwrap_or_else(|| panic!("no exemplarTraceIdDestinations entry for trace_id: {source}"));
+    match destination["url"].as_str() {
+        // Grafana expands environment variables in provisioning files:
+        // `$$` keeps `${__value.raw}`, the trace id, for the link.
+        Some(url) => assert!(url.contains("$${__value.raw}"), "{url}"),
+        None => assert!(
+            destination["datasourceUid"]
+                .as_str()
+                .is_some_and(|uid| !uid.is_empty()),
+            "{destination}"
+        ),
+    }
+    assert!(
+        destination["urlDisplayLabel"]
+            .as_str()
+            .is_some_and(|label| !label.is_empty()),
+        "{destination}"
     );
 }
