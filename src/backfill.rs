@@ -3,7 +3,7 @@
 //! OKR's trend from the first day instead of from the exporter's start.
 //!
 //! Each value is what the collector would have exported at that instant, as
-//! of that instant (see [`collector::history`]). Every OKR family is one
+//! of that instant (see [`crate::collector::history`]). Every OKR family is one
 //! sweep over its rows (not one query per step), written out as soon as it
 //! is done, so memory holds one family's values at a time. The source
 //! tables are only read, in one read-only snapshot.

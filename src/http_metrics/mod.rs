@@ -40,6 +40,24 @@
 //! Buckets default to [`DEFAULT_BUCKETS`], so the latency targets 0.2, 0.5
 //! and 1 s are bucket edges (`le="0.2"`, `le="0.5"`, `le="1.0"`).
 //!
+//! # Native histogram and exemplars
+//!
+//! Beside the classic buckets, the duration histogram keeps a native one
+//! (Prometheus's exponential schema 3: buckets 2^(1/8) apart, a quantile
+//! within ≈ 4.4 % of its bucket's middle, at most 377 buckets per series
+//! from 1 ns to 36 h, never reset). prometheus-client's protobuf encoder
+//! (`prometheus_client::encoding::prometheus_protobuf`) writes both forms;
+//! its text encoders write the classic one. A request carrying a trace id
+//! (W3C `traceparent`, or the header named by
+//! [`HttpMetricsBuilder::trace_id_header`]) leaves it as the exemplar of its
+//! classic bucket, the latest per bucket and series; exemplars are read with
+//! [`HttpMetricsLayer::exemplars`] and written by
+//! `okr_exporter::exposition::encode_with_exemplars` (OpenMetrics and
+//! protobuf), as prometheus-client takes exemplars only from its own metric
+//! types. [`HttpMetricsBuilder::native_histogram`],
+//! [`HttpMetricsBuilder::classic_buckets`] and
+//! [`HttpMetricsBuilder::exemplars`] turn each part off.
+//!
 //! # Bounded cardinality
 //!
 //! `http_route` is the route template from axum's [`MatchedPath`], never the
@@ -73,8 +91,13 @@
 //!
 //! Once a (route, method, status) series exists, a request costs a route
 //! lookup (a pointer comparison on the address of axum's `MatchedPath` text;
-//! a hash and a compare for nested routes; no lock), two reads of a
-//! TSC-based clock and three atomic additions, and allocates nothing. Counters
+//! a hash and a compare for nested routes; no lock), a header lookup for a
+//! trace id, two reads of a TSC-based clock, the native bucket's index
+//! (eight integer comparisons on the latency's float bits) and four atomic
+//! additions, and allocates nothing (each thread's first request on a series
+//! allocates that thread's native counters, its first traced request the
+//! series' exemplar slots). A request with a trace id copies it (at most 64
+//! bytes) and takes one uncontended lock. Counters
 //! are sharded per thread on separate cache lines, so threads serving the same
 //! route neither lock nor bounce lines between cores. Streaming bodies cost one
 //! extra allocation (axum boxes the wrapper). `BENCHMARKS.md` has the
