@@ -430,7 +430,7 @@ fn traced_allocations_per_request(mut router: Router) -> f64 {
             .body(Body::empty())
             .unwrap()
     };
-    let mut call = |router: &mut Router| {
+    let call = |router: &mut Router| {
         Service::<Request<Body>>::call(router, traced())
             .now_or_never()
             .expect("handler completes without waiting")

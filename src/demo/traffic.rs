@@ -138,13 +138,24 @@ pub async fn run_traffic(config: TrafficConfig, shutdown: impl Future<Output = (
     tasks.shutdown().await;
 }
 
+/// A W3C `traceparent` with a random trace id and parent id, sampled.
+fn traceparent() -> String {
+    let trace_id: u128 = rand::random::<u128>().max(1);
+    let parent_id: u64 = rand::random::<u64>().max(1);
+    format!("00-{trace_id:032x}-{parent_id:016x}-01")
+}
+
 async fn send(
     client: &reqwest::Client,
     url: &str,
     call: Call,
     created: &mpsc::UnboundedSender<(Uuid, Plan)>,
 ) {
-    let mut req = client.request(call.method.clone(), url);
+    // Every request is traced, as a traced client's would be, so that the
+    // latency buckets carry exemplars for the dashboards to show.
+    let mut req = client
+        .request(call.method.clone(), url)
+        .header("traceparent", traceparent());
     req = match call.body {
         Some(Body::Json(v)) => req.json(&v),
         Some(Body::Raw(s)) => req
@@ -495,5 +506,28 @@ mod tests {
             (0..200).map(|_| s.next_call(now).path).collect()
         };
         assert_eq!(paths(sim()), paths(sim()));
+    }
+
+    /// The demo's traced requests leave exemplars in the middleware.
+    #[tokio::test]
+    async fn generated_traceparents_become_exemplars() {
+        use crate::http_metrics::HttpMetricsLayer;
+        use axum::{Router, body::Body, http::Request, routing::get};
+        use tower::ServiceExt;
+        let mut registry = prometheus_client::registry::Registry::default();
+        let layer = HttpMetricsLayer::new(&mut registry);
+        let app = Router::new()
+            .route("/r", get(|| async { "ok" }))
+            .layer(layer.clone());
+        let header = traceparent();
+        let request = Request::get("/r")
+            .header("traceparent", &header)
+            .body(Body::empty())
+            .unwrap();
+        app.oneshot(request).await.unwrap();
+        let kept = layer.exemplars();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(kept[0].trace_id, header[3..35]);
+        assert_ne!(traceparent(), header, "a new trace id per request");
     }
 }

@@ -16,6 +16,7 @@ mod http_metrics;
 mod incremental;
 mod ingest_outage;
 mod landing;
+mod native_histograms;
 mod promql;
 mod reference;
 mod rollup_days;

@@ -223,3 +223,87 @@ pub async fn prepared_pool(url: &str) -> PgPool {
     okr_exporter::db::migrate(&pool).await.expect("migrations");
     pool
 }
+
+/// A child process killed and reaped when dropped, so that a failing
+/// assertion never leaves it behind; its output goes to a log file.
+pub struct ChildProcess {
+    name: &'static str,
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl ChildProcess {
+    /// The last lines of the process's output, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(30);
+        format!(
+            "--- {} log tail ---\n{}",
+            self.name,
+            lines[start..].join("\n")
+        )
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free loopback port")
+        .port()
+}
+
+/// Starts `program` with the arguments `args(port)` on a free loopback port,
+/// its output in `dir/<name>-<attempt>.log`, and waits up to 30 s for
+/// `GET /-/ready`; retries with another port if the process exits first (the
+/// port may have been taken in between). Returns the process and its base
+/// URL.
+pub async fn start_ready(
+    name: &'static str,
+    program: &str,
+    dir: &std::path::Path,
+    args: impl Fn(u16) -> Vec<String>,
+) -> (ChildProcess, String) {
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(5))
+        .build()
+        .expect("HTTP client");
+    let mut last_log = String::new();
+    for attempt in 0..3 {
+        let port = free_port();
+        let log = dir.join(format!("{name}-{attempt}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = std::process::Command::new(program)
+            .args(args(port))
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+        let mut process = ChildProcess { name, child, log };
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        while tokio::time::Instant::now() < deadline {
+            if process.child.try_wait().ok().flatten().is_some() {
+                break;
+            }
+            if let Ok(resp) = client.get(format!("{base}/-/ready")).send().await
+                && resp.status().is_success()
+            {
+                return (process, base);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        last_log = process.log_tail();
+    }
+    panic!("{name} did not become ready on 127.0.0.1\n{last_log}");
+}
