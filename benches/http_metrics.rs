@@ -14,7 +14,11 @@
 //! - `metrics_classic_only`: the layer with native buckets and exemplars
 //!   off — the layer as it was before either existed;
 //! - `empty_layer_traced` / `metrics_layer_traced`: the same requests with a
-//!   W3C `traceparent` header, so the metrics layer keeps an exemplar;
+//!   W3C `traceparent` header, so the metrics layer keeps an exemplar (in
+//!   `layer_only`, among seven other headers a browser sends);
+//! - `empty_layer_headers` / `metrics_layer_headers` (`layer_only`): those
+//!   seven headers without a trace id — what looking for one costs a real
+//!   request;
 //! - `empty_handler_layer` / `metrics_handler_layer`: the same two layers
 //!   applied with `Handler::layer`, which skips `Router::layer`'s boxing
 //!   (`MatchedPath` is already set when a handler runs);
@@ -314,8 +318,8 @@ impl Case {
         }
     }
 
-    /// As [`service`](Self::service), each request carrying a `traceparent`.
-    fn service_traced<S>(name: &'static str, service: S) -> Self
+    /// As [`service`](Self::service), each request carrying `headers`.
+    fn service_with<S>(name: &'static str, service: S, headers: &'static [(&str, &str)]) -> Self
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
             + Clone
@@ -330,7 +334,7 @@ impl Case {
             make: Box::new(move || {
                 let mut service = service.clone();
                 let matched_path = paths[next.fetch_add(1, Ordering::Relaxed) % 2].clone();
-                Box::new(move || call_service_traced(&mut service, &matched_path))
+                Box::new(move || call_service_with(&mut service, &matched_path, headers))
             }),
         }
     }
@@ -469,8 +473,18 @@ fn layer_only_cases(logged: Option<HttpMetricsLayer>) -> Vec<Case> {
         Case::service("empty_layer", PassThroughLayer.layer(inner)),
         Case::service("metrics_layer", metrics.layer(inner)),
         Case::service("metrics_classic_only", classic_only_layer().layer(inner)),
-        Case::service_traced("empty_layer_traced", PassThroughLayer.layer(inner)),
-        Case::service_traced("metrics_layer_traced", metrics.layer(inner)),
+        Case::service_with(
+            "empty_layer_headers",
+            PassThroughLayer.layer(inner),
+            BROWSER_HEADERS,
+        ),
+        Case::service_with(
+            "metrics_layer_headers",
+            metrics.layer(inner),
+            BROWSER_HEADERS,
+        ),
+        Case::service_with("empty_layer_traced", PassThroughLayer.layer(inner), TRACED),
+        Case::service_with("metrics_layer_traced", metrics.layer(inner), TRACED),
     ];
     if let Some(logged) = logged {
         cases.push(Case::service(
@@ -561,16 +575,53 @@ fn traced_request(router: &mut Router) -> usize {
     respond(Service::<Request<Body>>::call(router, request))
 }
 
-/// As [`call_service`], with a `traceparent` header.
+/// Headers a browser's API call carries, none of them a trace id: the
+/// layer then looks for `traceparent` among them.
+const BROWSER_HEADERS: &[(&str, &str)] = &[
+    ("host", "api.example.com"),
+    (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/133.0",
+    ),
+    ("accept", "application/json"),
+    ("accept-language", "en-GB,en;q=0.5"),
+    ("accept-encoding", "gzip, deflate, br"),
+    ("authorization", "Bearer 0123456789abcdef"),
+    ("x-user-id", "u-42"),
+];
+
+/// The headers above and a W3C `traceparent`.
+const TRACED: &[(&str, &str)] = &[
+    ("host", "api.example.com"),
+    (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/133.0",
+    ),
+    ("accept", "application/json"),
+    ("accept-language", "en-GB,en;q=0.5"),
+    ("accept-encoding", "gzip, deflate, br"),
+    ("authorization", "Bearer 0123456789abcdef"),
+    ("x-user-id", "u-42"),
+    ("traceparent", TRACEPARENT),
+];
+
+/// As [`call_service`], with `headers`.
 #[inline]
-fn call_service_traced<S>(service: &mut S, matched_path: &MatchedPath) -> usize
+fn call_service_with<S>(
+    service: &mut S,
+    matched_path: &MatchedPath,
+    headers: &'static [(&str, &str)],
+) -> usize
 where
     S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
 {
     let mut request = Request::new(Body::empty());
-    request
-        .headers_mut()
-        .insert("traceparent", http::HeaderValue::from_static(TRACEPARENT));
+    for &(name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
     request.extensions_mut().insert(matched_path.clone());
     respond(service.call(request))
 }

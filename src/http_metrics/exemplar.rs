@@ -29,26 +29,39 @@ pub(crate) enum TraceIdSource {
     Header(HeaderName),
 }
 
+/// `traceparent`, built once: a lookup by `&str` would parse the name on
+/// every request.
+static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 impl TraceIdSource {
     /// Reads the request's id, if it has a valid one.
     #[inline]
     pub(crate) fn read(&self, headers: &HeaderMap) -> Option<TraceId> {
+        if headers.is_empty() {
+            return None;
+        }
         match self {
             Self::TraceParent => headers
-                .get("traceparent")
+                .get(&TRACEPARENT)
                 .and_then(|value| parse_traceparent(value.as_bytes())),
             Self::Header(name) => headers
                 .get(name)
-                .and_then(|value| TraceId::new(value.as_bytes())),
+                .and_then(|value| TraceId::text(value.as_bytes())),
         }
     }
 }
 
-/// A trace id, stored inline so that carrying it allocates nothing.
-#[derive(Clone, Copy)]
-pub(crate) struct TraceId {
-    len: u8,
-    bytes: [u8; MAX_TRACE_ID_LEN],
+/// A trace id, stored inline so that carrying it allocates nothing: a W3C
+/// trace id as its 128-bit number, any other id as its bytes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TraceId {
+    /// A W3C trace id, written as 32 lowercase hex digits.
+    W3c(u128),
+    /// 1 to [`MAX_TRACE_ID_LEN`] printable ASCII bytes.
+    Text {
+        len: u8,
+        bytes: [u8; MAX_TRACE_ID_LEN],
+    },
 }
 
 impl TraceId {
@@ -56,29 +69,53 @@ impl TraceId {
     /// characters other than `"` and `\` (so that no exposition format needs
     /// to escape them).
     #[inline]
-    fn new(bytes: &[u8]) -> Option<Self> {
+    fn text(bytes: &[u8]) -> Option<Self> {
         let printable = |b: &u8| (0x21..=0x7e).contains(b) && *b != b'"' && *b != b'\\';
         if bytes.is_empty() || bytes.len() > MAX_TRACE_ID_LEN || !bytes.iter().all(printable) {
             return None;
         }
-        let mut id = Self {
+        let mut stored = [0; MAX_TRACE_ID_LEN];
+        stored[..bytes.len()].copy_from_slice(bytes);
+        Some(Self::Text {
             len: bytes.len() as u8,
-            bytes: [0; MAX_TRACE_ID_LEN],
-        };
-        id.bytes[..bytes.len()].copy_from_slice(bytes);
-        Some(id)
+            bytes: stored,
+        })
     }
 
-    fn as_str(&self) -> &str {
-        // Only printable ASCII is ever stored.
-        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or_default()
+    /// The id as the exemplar's `trace_id` label value.
+    pub(crate) fn to_label(self) -> String {
+        match self {
+            Self::W3c(id) => format!("{id:032x}"),
+            Self::Text { len, bytes } => {
+                // Only printable ASCII is ever stored.
+                String::from_utf8_lossy(&bytes[..usize::from(len)]).into_owned()
+            }
+        }
     }
 }
 
 impl std::fmt::Debug for TraceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("TraceId").field(&self.as_str()).finish()
+        f.debug_tuple("TraceId").field(&self.to_label()).finish()
     }
+}
+
+/// The value of a lowercase hex digit.
+#[inline]
+fn hex_digit(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Lowercase hex digits as a number (at most 32 of them).
+#[inline]
+fn hex_number(digits: &[u8]) -> Option<u128> {
+    digits
+        .iter()
+        .try_fold(0u128, |n, &b| Some(n << 4 | u128::from(hex_digit(b)?)))
 }
 
 /// The trace id of a W3C trace context `traceparent` value
@@ -86,35 +123,20 @@ impl std::fmt::Debug for TraceId {
 /// 32 lowercase hex digits, not all zero, under a parent id that is not all
 /// zero either. Version `ff` is invalid; later versions may append fields
 /// after a `-`.
+#[inline]
 fn parse_traceparent(value: &[u8]) -> Option<TraceId> {
-    let hex = |s: &[u8]| {
-        s.iter()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b))
+    let well_formed_length = match value.len() {
+        55 => true,
+        n => n > 55 && value.get(55) == Some(&b'-') && value.get(..2) != Some(b"00"),
     };
-    let nonzero = |s: &[u8]| s.iter().any(|&b| b != b'0');
-    let version = value.get(0..2)?;
-    let trace_id = value.get(3..35)?;
-    let parent_id = value.get(36..52)?;
-    let flags = value.get(53..55)?;
-    let well_formed = hex(version)
-        && version != b"ff"
-        && value.get(2) == Some(&b'-')
-        && value.get(35) == Some(&b'-')
-        && value.get(52) == Some(&b'-')
-        && hex(trace_id)
-        && hex(parent_id)
-        && hex(flags)
-        && nonzero(trace_id)
-        && nonzero(parent_id)
-        && match value.len() {
-            55 => true,
-            _ => version != b"00" && value.get(55) == Some(&b'-'),
-        };
-    if well_formed {
-        TraceId::new(trace_id)
-    } else {
-        None
+    if !well_formed_length || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
     }
+    let version = hex_number(&value[0..2])?;
+    let trace_id = hex_number(&value[3..35])?;
+    let parent_id = hex_number(&value[36..52])?;
+    hex_number(&value[53..55])?;
+    (version != 0xff && trace_id != 0 && parent_id != 0).then_some(TraceId::W3c(trace_id))
 }
 
 /// One kept exemplar.
@@ -122,7 +144,9 @@ fn parse_traceparent(value: &[u8]) -> Option<TraceId> {
 struct Kept {
     id: TraceId,
     nanos: u64,
-    at: SystemTime,
+    /// Raw latency-clock reading when the request finished, turned into
+    /// wall-clock time only when scraped (no system clock read per request).
+    at: u64,
 }
 
 /// A series' exemplars, one slot per classic bucket.
@@ -137,8 +161,9 @@ impl ExemplarSlots {
         }
     }
 
-    /// Keeps `id` as the exemplar of `bucket`, replacing the one before.
-    pub(crate) fn record(&self, bucket: usize, id: &TraceId, nanos: u64) {
+    /// Keeps `id` as the exemplar of `bucket`, replacing the one before;
+    /// `at` is the raw clock reading of the request's end.
+    pub(crate) fn record(&self, bucket: usize, id: &TraceId, nanos: u64, at: u64) {
         let Some(slot) = self.slots.get(bucket) else {
             return;
         };
@@ -147,22 +172,18 @@ impl ExemplarSlots {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
         };
-        *kept = Some(Kept {
-            id: *id,
-            nanos,
-            at: SystemTime::now(),
-        });
+        *kept = Some(Kept { id: *id, nanos, at });
     }
 
-    /// `(bucket index, trace id, latency in nanoseconds, when)` of every
-    /// kept exemplar.
-    pub(crate) fn snapshot(&self) -> Vec<(usize, String, u64, SystemTime)> {
+    /// `(bucket index, trace id, latency in nanoseconds, raw end reading)`
+    /// of every kept exemplar.
+    pub(crate) fn snapshot(&self) -> Vec<(usize, String, u64, u64)> {
         self.slots
             .iter()
             .enumerate()
             .filter_map(|(bucket, slot)| {
                 let kept = *slot.lock().unwrap_or_else(|p| p.into_inner());
-                kept.map(|k| (bucket, k.id.as_str().to_owned(), k.nanos, k.at))
+                kept.map(|k| (bucket, k.id.to_label(), k.nanos, k.at))
             })
             .collect()
     }
@@ -200,7 +221,7 @@ mod tests {
             HeaderName::from_static(name),
             HeaderValue::from_str(value).unwrap(),
         );
-        source.read(&headers).map(|id| id.as_str().to_owned())
+        source.read(&headers).map(TraceId::to_label)
     }
 
     #[test]
@@ -252,17 +273,23 @@ mod tests {
     #[test]
     fn a_slot_keeps_the_latest_exemplar_of_its_bucket() {
         let slots = ExemplarSlots::new(3);
-        let a = TraceId::new(b"a").unwrap();
-        let b = TraceId::new(b"b").unwrap();
-        slots.record(1, &a, 10);
-        slots.record(1, &b, 20);
-        slots.record(2, &a, 30);
-        slots.record(7, &a, 40); // no such bucket: ignored
+        let a = TraceId::text(b"a").unwrap();
+        let b = TraceId::W3c(0xb);
+        slots.record(1, &a, 10, 1);
+        slots.record(1, &b, 20, 2);
+        slots.record(2, &a, 30, 3);
+        slots.record(7, &a, 40, 4); // no such bucket: ignored
         let kept: Vec<(usize, String, u64)> = slots
             .snapshot()
             .into_iter()
             .map(|(bucket, id, nanos, _)| (bucket, id, nanos))
             .collect();
-        assert_eq!(kept, vec![(1, "b".into(), 20), (2, "a".into(), 30)]);
+        assert_eq!(
+            kept,
+            vec![
+                (1, "0000000000000000000000000000000b".into(), 20),
+                (2, "a".into(), 30)
+            ]
+        );
     }
 }

@@ -81,7 +81,7 @@ impl Drop for RequestGuard {
             self.method,
             status,
             nanos,
-            self.trace_id.as_ref(),
+            self.trace_id.as_ref().map(|id| (id, end)),
         );
         if let Some(log) = &self.state.log
             && log.sink.accepts()

@@ -41,10 +41,12 @@ impl HttpMetricsLayer {
     /// these to its output.
     pub fn exemplars(&self) -> Vec<BucketExemplar> {
         let bounds = self.state.buckets.bounds();
+        let clock = &self.state.clock;
+        let now = clock.raw();
         let mut out = Vec::new();
         for route in self.state.routes.iter() {
             route.for_each_series(|method, status, counters| {
-                for (bucket, trace_id, nanos, timestamp) in counters.exemplars() {
+                for (bucket, trace_id, nanos, at) in counters.exemplars() {
                     out.push(BucketExemplar {
                         method: super::exposition::method_label(method),
                         route: Arc::clone(route.label()),
@@ -52,7 +54,7 @@ impl HttpMetricsLayer {
                         upper_bound: bounds.get(bucket).copied().unwrap_or(f64::INFINITY),
                         trace_id,
                         seconds: nanos as f64 / 1e9,
-                        timestamp,
+                        timestamp: self.state.wall.time_of(clock, at.min(now), now),
                     });
                 }
             });
@@ -309,7 +311,9 @@ impl HttpMetricsBuilder {
             Some(header) if header.as_str() != "traceparent" => TraceIdSource::Header(header),
             _ => TraceIdSource::TraceParent,
         });
+        let wall = WallClock::new(&clock);
         let state: &'static State = Box::leak(Box::new(State {
+            wall,
             buckets: buckets.with_native(self.native),
             trace_ids,
             routes: RouteTable::new(self.unmatched_route_label, shards),
@@ -368,6 +372,8 @@ pub(crate) struct State {
     pub(crate) buckets: Buckets,
     /// Where exemplars' trace ids come from; `None` with exemplars off.
     pub(crate) trace_ids: Option<TraceIdSource>,
+    /// Turns exemplars' raw end readings into wall-clock timestamps.
+    pub(crate) wall: WallClock,
     pub(crate) routes: RouteTable,
     pub(crate) targets: Vec<LatencyTarget>,
     /// Set when a request sink is configured.

@@ -25,6 +25,10 @@ use super::exemplar::{ExemplarSlots, TraceId};
 use super::native;
 use super::shard::thread_shard;
 
+/// A request's trace id and the raw clock reading of its end, to keep as
+/// its bucket's exemplar.
+pub(crate) type Exemplar<'a> = Option<(&'a TraceId, u64)>;
+
 /// Number of method label values: the nine standard methods and `_OTHER`.
 pub(crate) const METHOD_COUNT: usize = 10;
 
@@ -241,7 +245,7 @@ impl SeriesCounters {
     }
 
     #[inline]
-    fn observe(&self, shard: usize, bucket: usize, nanos: u64, trace_id: Option<&TraceId>) {
+    fn observe(&self, shard: usize, bucket: usize, nanos: u64, exemplar: Exemplar<'_>) {
         let shard = shard & self.shard_mask;
         if let Some(sum) = self.counter(shard, 0) {
             sum.fetch_add(nanos, Ordering::Relaxed);
@@ -263,16 +267,16 @@ impl SeriesCounters {
                 count.fetch_add(1, Ordering::Release);
             }
         }
-        if let Some(id) = trace_id {
-            self.keep_exemplar(bucket, id, nanos);
+        if let Some((id, at)) = exemplar {
+            self.keep_exemplar(bucket, id, nanos, at);
         }
     }
 
     #[inline(never)]
-    fn keep_exemplar(&self, bucket: usize, id: &TraceId, nanos: u64) {
+    fn keep_exemplar(&self, bucket: usize, id: &TraceId, nanos: u64, at: u64) {
         self.exemplars
             .get_or_init(|| Box::new(ExemplarSlots::new(self.bucket_count)))
-            .record(bucket, id, nanos);
+            .record(bucket, id, nanos, at);
     }
 
     /// Native bucket counts by slot (`native::slot`), when native buckets
@@ -288,9 +292,9 @@ impl SeriesCounters {
         Some(counts)
     }
 
-    /// `(classic bucket index, trace id, latency in ns, when)` of the kept
-    /// exemplars.
-    pub(crate) fn exemplars(&self) -> Vec<(usize, String, u64, std::time::SystemTime)> {
+    /// `(classic bucket index, trace id, latency in ns, raw end reading)` of
+    /// the kept exemplars.
+    pub(crate) fn exemplars(&self) -> Vec<(usize, String, u64, u64)> {
         self.exemplars
             .get()
             .map_or_else(Vec::new, |slots| slots.snapshot())
@@ -422,7 +426,7 @@ impl RouteSeries {
         method: u8,
         status: u16,
         nanos: u64,
-        trace_id: Option<&TraceId>,
+        exemplar: Exemplar<'_>,
     ) {
         let key = series_key(method, status);
         let bucket = buckets.index(nanos);
@@ -443,12 +447,12 @@ impl RouteSeries {
             if claimed {
                 self.series[slot]
                     .get_or_init(|| SeriesCounters::new(buckets, self.started.len()))
-                    .observe(shard, bucket, nanos, trace_id);
+                    .observe(shard, bucket, nanos, exemplar);
                 return;
             }
             slot = (slot + 1) % SERIES_SLOTS;
         }
-        self.observe_overflow(buckets, key, bucket, nanos, trace_id);
+        self.observe_overflow(buckets, key, bucket, nanos, exemplar);
     }
 
     #[cold]
@@ -458,14 +462,14 @@ impl RouteSeries {
         key: u16,
         bucket: usize,
         nanos: u64,
-        trace_id: Option<&TraceId>,
+        exemplar: Exemplar<'_>,
     ) {
         let mut overflow = self.overflow.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((_, series)) = overflow.iter().find(|(k, _)| *k == key) {
-            series.observe(0, bucket, nanos, trace_id);
+            series.observe(0, bucket, nanos, exemplar);
         } else {
             let series = SeriesCounters::new(buckets, 1);
-            series.observe(0, bucket, nanos, trace_id);
+            series.observe(0, bucket, nanos, exemplar);
             overflow.push((key, series));
         }
     }
