@@ -242,7 +242,7 @@ async fn insert(pool: &PgPool, buf: &mut Vec<RequestRecord>, dropped: &Counter, 
     let mut user = Vec::with_capacity(buf.len());
     for r in buf.drain(..) {
         at.push(DateTime::<Utc>::from(r.started_at));
-        route.push(r.route);
+        route.push(r.route.to_string());
         method.push(r.method.as_str().to_owned());
         ms.push(r.duration.as_secs_f64() * 1000.0);
         status.push(i32::from(r.status));

@@ -11,6 +11,7 @@ use prometheus_client::metrics::MetricType;
 
 use super::layer::State;
 use super::native;
+use super::shared::Shared;
 use super::store::SeriesCounters;
 use super::store::{METHOD_COUNT, METHOD_LABELS};
 
@@ -42,7 +43,7 @@ pub(crate) fn method_label(method: u8) -> &'static str {
 /// `http_server_request_duration_seconds`: classic buckets for every
 /// encoder, plus the native histogram for the protobuf one (the text
 /// encoders leave it out).
-pub(crate) struct RequestDuration(pub(crate) &'static State);
+pub(crate) struct RequestDuration(pub(crate) Shared<State>);
 
 /// One series read for a scrape.
 struct SeriesReading {
@@ -149,7 +150,7 @@ impl fmt::Debug for RequestDuration {
 
 /// `http_server_active_requests`: started minus finished, per method and
 /// route that has seen a request.
-pub(crate) struct ActiveRequests(pub(crate) &'static State);
+pub(crate) struct ActiveRequests(pub(crate) Shared<State>);
 
 impl EncodeMetric for ActiveRequests {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {
@@ -197,7 +198,7 @@ impl fmt::Debug for ActiveRequests {
 }
 
 /// `http_server_latency_target_seconds`, from configuration.
-pub(crate) struct LatencyTargets(pub(crate) &'static State);
+pub(crate) struct LatencyTargets(pub(crate) Shared<State>);
 
 impl EncodeMetric for LatencyTargets {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), fmt::Error> {

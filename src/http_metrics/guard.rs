@@ -5,8 +5,9 @@ use std::time::Duration;
 use super::exemplar::TraceId;
 use super::layer::State;
 use super::shard::thread_shard;
+use super::shared::Shared;
 use super::sink::{LogExtra, LogState, RequestRecord, received_method};
-use super::store::RouteSeries;
+use super::store::RouteId;
 use super::{STATUS_CLIENT_CLOSED_REQUEST, STATUS_INTERNAL_ERROR};
 
 /// Status value meaning "no response yet".
@@ -16,8 +17,10 @@ const NO_RESPONSE: u16 = 0;
 /// streams. Whoever drops it last (response ready, body finished, client gone)
 /// records the request, so every started request is observed exactly once.
 pub(crate) struct RequestGuard {
-    state: &'static State,
-    route: &'static RouteSeries,
+    /// A handle on the thread's shard, which keeps the state alive until the
+    /// request is recorded even if the router is dropped first.
+    state: Shared<State>,
+    route: RouteId,
     method: u8,
     status: u16,
     /// Raw clock reading, see [`State::clock`].
@@ -36,15 +39,15 @@ impl RequestGuard {
     /// when the request came in.
     #[inline]
     pub(crate) fn start(
-        state: &'static State,
-        route: &'static RouteSeries,
+        state: Shared<State>,
+        route: RouteId,
         method: u8,
         start: u64,
         log: Option<Box<LogExtra>>,
         trace_id: Option<TraceId>,
     ) -> Self {
         let shard = thread_shard();
-        route.start(shard, method);
+        state.routes.get(route).start(shard, method);
         Self {
             state,
             route,
@@ -75,7 +78,7 @@ impl Drop for RequestGuard {
             NO_RESPONSE => STATUS_CLIENT_CLOSED_REQUEST,
             status => status,
         };
-        self.route.observe(
+        self.state.routes.get(self.route).observe(
             &self.state.buckets,
             self.shard,
             self.method,
@@ -86,21 +89,29 @@ impl Drop for RequestGuard {
         if let Some(log) = &self.state.log
             && log.sink.accepts()
         {
-            self.send_record(log, status, nanos, end);
+            let extra = self.log.take();
+            self.send_record(log, extra, status, nanos, end);
         }
     }
 }
 
 impl RequestGuard {
     #[inline(never)]
-    fn send_record(&mut self, log: &LogState, status: u16, nanos: u64, end: u64) {
+    fn send_record(
+        &self,
+        log: &LogState,
+        mut extra: Option<Box<LogExtra>>,
+        status: u16,
+        nanos: u64,
+        end: u64,
+    ) {
         log.sink.record(RequestRecord {
-            route: self.route.label_str(),
-            method: received_method(self.method, self.log.as_deref_mut()),
+            route: self.state.routes.get(self.route).record_label(self.shard),
+            method: received_method(self.method, extra.as_deref_mut()),
             status,
             duration: Duration::from_nanos(nanos),
             started_at: log.wall.time_of(&self.state.clock, self.start, end),
-            user_id: self.log.as_mut().and_then(|l| l.user_id.take()),
+            user_id: extra.and_then(|mut l| l.user_id.take()),
         });
     }
 }

@@ -12,6 +12,7 @@ use super::exemplar::{BucketExemplar, TraceIdSource};
 use super::exposition::{ActiveRequests, LatencyTargets, RequestDuration};
 use super::service::HttpMetrics;
 use super::shard::shard_count;
+use super::shared::Shared;
 use super::sink::{LogState, RequestSink, WallClock};
 use super::store::{Buckets, RouteTable, method_index};
 use super::{DEFAULT_BUCKETS, DEFAULT_UNMATCHED_ROUTE};
@@ -19,12 +20,13 @@ use super::{DEFAULT_BUCKETS, DEFAULT_UNMATCHED_ROUTE};
 /// A tower layer recording `http_server_*` metrics for every request of the
 /// service it wraps; see the [module documentation](super).
 ///
-/// Cloning is a pointer copy: create the layer once per registry, at
-/// start-up, and clone it wherever it is needed. Its state is never freed
-/// (see [`HttpMetricsBuilder::register`]).
+/// Cloning shares the state: create the layer once per registry and clone
+/// it wherever it is needed. The state is freed when the layer, its
+/// services, their requests and the registry are all dropped (see
+/// [`HttpMetricsBuilder::register`]).
 #[derive(Clone)]
 pub struct HttpMetricsLayer {
-    state: &'static State,
+    state: Shared<State>,
 }
 
 impl HttpMetricsLayer {
@@ -92,7 +94,7 @@ impl<S> Layer<S> for HttpMetricsLayer {
     type Service = HttpMetrics<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpMetrics::new(inner, self.state)
+        HttpMetrics::new(inner, self.state.clone())
     }
 }
 
@@ -264,11 +266,10 @@ impl HttpMetricsBuilder {
     /// in `registry` (no prefix is added) and returns the layer feeding them.
     ///
     /// Register once per registry; registering twice duplicates the families.
-    /// The state allocated here (counters, route table, sink) is never freed:
-    /// it lives for the rest of the process, as exported metrics do. Register
-    /// once per process, at start-up — not per request, per router or per
-    /// test in a loop; each call leaks one state (`tests/http_metrics_alloc.rs`
-    /// bounds its size).
+    /// The state allocated here (counters, route table, sink) is shared by
+    /// the layer, the services it wraps, their requests in flight and the
+    /// registry's views of it, and freed when the last of them is dropped
+    /// (`tests/http_metrics_alloc.rs`).
     pub fn register(self, registry: &mut Registry) -> HttpMetricsLayer {
         let targets = self.targets.unwrap_or_else(default_targets);
         let shards = shard_count();
@@ -286,23 +287,6 @@ impl HttpMetricsBuilder {
             user_id_header: self.user_id_header,
             wall: WallClock::new(&clock),
         });
-        // Leaked on purpose: requests, services and the registry all hold a
-        // plain `&'static` instead of an `Arc`, because axum clones a route's
-        // service for every request, and with an `Arc` each clone (and each
-        // request guard) writes the one reference count every thread shares.
-        // Measured with the paired bench (`PAIRED_ONLY=1 cargo bench --bench
-        // http_metrics`, 2026-11-30, two runs each, 2-vCPU VM), layer alone
-        // over the empty layer: with the `Arc` 48/52 ns on one thread and
-        // 96/190 ns with two threads on one route (2.0-3.7x the
-        // single-thread cost; through the router +98/+126 ns); leaked, 56/47
-        // and 69/50 ns (1.1-1.2x; router +19/+20 ns), as before the `Arc`
-        // was tried (HEAD: 45 and 60 ns). The one-thread difference is within
-        // this machine's noise; the two-thread one breaks the goal of at most
-        // 1.5x (`BENCHMARKS.md`, "No `Arc` on the hot path").
-        //
-        // The cost: one state (about 31 KB with 4 shards, plus its routes'
-        // counters) is never freed per `register` call, which is meant to be
-        // made once per process (`tests/http_metrics_alloc.rs` bounds it).
         let buckets = match self.classic {
             true => Buckets::new(&self.buckets, &DEFAULT_BUCKETS),
             false => Buckets::inf_only(),
@@ -312,7 +296,12 @@ impl HttpMetricsBuilder {
             _ => TraceIdSource::TraceParent,
         });
         let wall = WallClock::new(&clock);
-        let state: &'static State = Box::leak(Box::new(State {
+        // Not an `Arc`: axum clones a route's service for every request,
+        // and an `Arc`'s one count, written by every thread, cost 2-3.7x the
+        // single-thread overhead with two threads on one route; `Shared`
+        // splits the count by thread shard (`shared.rs`, `BENCHMARKS.md`,
+        // "Shared state").
+        let state = Shared::new(State {
             wall,
             buckets: buckets.with_native(self.native),
             trace_ids,
@@ -320,24 +309,24 @@ impl HttpMetricsBuilder {
             targets,
             log,
             clock,
-        }));
+        });
         registry.register_with_unit(
             "http_server_request_duration",
             "Duration of HTTP server requests, from the middleware receiving the request \
              to the response being complete, by method, route template and status code",
             Unit::Seconds,
-            RequestDuration(state),
+            RequestDuration(state.clone()),
         );
         registry.register(
             "http_server_active_requests",
             "Number of HTTP server requests in flight, by method and route template",
-            ActiveRequests(state),
+            ActiveRequests(state.clone()),
         );
         registry.register_with_unit(
             "http_server_latency_target",
             "Configured P95 latency target per endpoint",
             Unit::Seconds,
-            LatencyTargets(state),
+            LatencyTargets(state.clone()),
         );
         HttpMetricsLayer { state }
     }

@@ -138,6 +138,7 @@ mod layer;
 mod native;
 mod service;
 mod shard;
+mod shared;
 mod sink;
 mod store;
 
@@ -147,7 +148,7 @@ pub use future::ResponseFuture;
 pub use layer::{HttpMetricsBuilder, HttpMetricsLayer};
 pub use service::HttpMetrics;
 pub use shard::ThreadSharded;
-pub use sink::{MAX_USER_ID_LEN, RequestRecord, RequestSink};
+pub use sink::{MAX_USER_ID_LEN, RequestRecord, RequestSink, RouteLabel};
 
 /// Default histogram bucket upper bounds in seconds: the OpenTelemetry HTTP
 /// boundaries plus 0.2, so that every default latency target is a bucket edge.

@@ -9,6 +9,7 @@ use tower::Service;
 use super::future::ResponseFuture;
 use super::guard::RequestGuard;
 use super::layer::State;
+use super::shared::Shared;
 use super::sink::LogExtra;
 use super::store::method_index;
 
@@ -17,15 +18,27 @@ use super::store::method_index;
 ///
 /// Responses come back as `Response<axum::body::Body>`; an inner
 /// `axum::body::Body` is passed through without re-boxing.
-#[derive(Clone)]
 pub struct HttpMetrics<S> {
     inner: S,
-    state: &'static State,
+    state: Shared<State>,
 }
 
 impl<S> HttpMetrics<S> {
-    pub(crate) fn new(inner: S, state: &'static State) -> Self {
+    pub(crate) fn new(inner: S, state: Shared<State>) -> Self {
         Self { inner, state }
+    }
+}
+
+impl<S: Clone> Clone for HttpMetrics<S> {
+    /// axum clones a route's service for every request: the state's handle
+    /// is cloned on this thread's shard, which the route's own handle soon
+    /// holds too (`shared.rs`).
+    #[inline]
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            state: self.state.clone(),
+        }
     }
 }
 
@@ -80,7 +93,7 @@ where
         // uncounted rather than counted as started and never finished.
         ResponseFuture::new(
             self.inner.call(request),
-            RequestGuard::start(self.state, route, method, start, log, trace_id),
+            RequestGuard::start(self.state.clone(), route, method, start, log, trace_id),
         )
     }
 }

@@ -38,7 +38,7 @@ pub trait RequestSink: Send + Sync + 'static {
 pub struct RequestRecord {
     /// The `http_route` label: the matched route template, or the unmatched
     /// label — never the raw path.
-    pub route: &'static str,
+    pub route: RouteLabel,
     /// The request method as received (the histogram label folds
     /// non-standard methods into `_OTHER`).
     pub method: Method,
@@ -55,6 +55,78 @@ pub struct RequestRecord {
     /// The value of the configured user-id header, if it was present, valid
     /// visible ASCII and at most [`MAX_USER_ID_LEN`] bytes long.
     pub user_id: Option<String>,
+}
+
+/// The `http_route` label of a [`RequestRecord`]. Each thread shard has its
+/// own copy of a route's label, on its own cache lines, so that recording
+/// requests on several threads does not share one reference count.
+#[derive(Clone)]
+pub struct RouteLabel(Arc<AlignedLabel>);
+
+#[repr(align(128))]
+struct AlignedLabel(Box<str>);
+
+impl RouteLabel {
+    pub(crate) fn new(text: &str) -> Self {
+        Self(Arc::new(AlignedLabel(Box::from(text))))
+    }
+
+    /// The label's text.
+    pub fn as_str(&self) -> &str {
+        &self.0.0
+    }
+}
+
+impl From<&str> for RouteLabel {
+    fn from(text: &str) -> Self {
+        Self::new(text)
+    }
+}
+
+impl std::ops::Deref for RouteLabel {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for RouteLabel {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::fmt::Display for RouteLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for RouteLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl PartialEq<str> for RouteLabel {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for RouteLabel {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
 }
 
 /// Longest user-id header value copied into a [`RequestRecord`]; longer

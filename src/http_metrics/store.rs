@@ -24,6 +24,7 @@ use http::Method;
 use super::exemplar::{ExemplarSlots, TraceId};
 use super::native;
 use super::shard::thread_shard;
+use super::sink::RouteLabel;
 
 /// A request's trace id and the raw clock reading of its end, to keep as
 /// its bucket's exemplar.
@@ -333,6 +334,9 @@ const SERIES_SLOTS: usize = 64;
 #[repr(align(128))]
 struct StartedCounters {
     counts: [AtomicU64; METHOD_COUNT],
+    /// This shard's copy of the route's label for request records: cloning
+    /// it writes a reference count no other shard's thread writes.
+    label: RouteLabel,
     /// Address of the `MatchedPath` text this shard's thread last resolved
     /// to the route the long way, see [`RouteTable::resolve_matched`]. Kept
     /// per shard so that repeated misses (nested routers, a full cache) write
@@ -358,16 +362,17 @@ fn series_key(method: u8, status: u16) -> u16 {
 impl RouteSeries {
     fn new(label: Arc<str>, shards: usize) -> Self {
         Self {
-            label,
             started: (0..shards)
                 .map(|_| StartedCounters {
                     counts: std::array::from_fn(|_| AtomicU64::new(0)),
+                    label: RouteLabel::new(&label),
                     last_address: AtomicU64::new(0),
                 })
                 .collect(),
             keys: std::array::from_fn(|_| AtomicU16::new(0)),
             series: std::array::from_fn(|_| OnceLock::new()),
             overflow: Mutex::new(Vec::new()),
+            label,
         }
     }
 
@@ -376,9 +381,10 @@ impl RouteSeries {
         &self.label
     }
 
-    /// The label of a series that lives for the rest of the process.
-    pub(crate) fn label_str(&'static self) -> &'static str {
-        &self.label
+    /// The label for a request record made on a thread of `shard`.
+    pub(crate) fn record_label(&self, shard: usize) -> RouteLabel {
+        self.shard_block(shard)
+            .map_or_else(|| RouteLabel::new(&self.label), |block| block.label.clone())
     }
 
     /// Counts a request as started. There is no matching decrement: the
@@ -522,7 +528,18 @@ pub(crate) struct RouteTable {
     /// alive: an equal pointer always means the same template. Templates
     /// axum builds per request (nested routers) or slot collisions miss and
     /// take the table above.
-    by_address: Box<[OnceLock<(MatchedPath, &'static RouteSeries)>]>,
+    by_address: Box<[OnceLock<(MatchedPath, RouteId)>]>,
+}
+
+/// Where a route's entry is in its [`RouteTable`]: a slot, or the
+/// unmatched entry. Requests carry this rather than a reference, as the
+/// table lives behind the layer's shared handle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RouteId(u16);
+
+impl RouteId {
+    /// The unmatched route's entry.
+    pub(crate) const UNMATCHED: Self = Self(ROUTE_SLOTS as u16);
 }
 
 /// Slots of [`RouteTable::by_address`] (a power of two).
@@ -543,21 +560,18 @@ impl RouteTable {
 
     /// The entry for a request's `MatchedPath` (`None`: the unmatched route).
     #[inline]
-    pub(crate) fn resolve_matched(
-        &'static self,
-        matched: Option<&MatchedPath>,
-    ) -> &'static RouteSeries {
+    pub(crate) fn resolve_matched(&self, matched: Option<&MatchedPath>) -> RouteId {
         let Some(matched) = matched else {
-            return &self.unmatched;
+            return RouteId::UNMATCHED;
         };
         let text = matched.as_str();
         let address = text.as_ptr() as u64;
         let index = address.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - ADDRESS_SLOTS_LOG2);
         let slot = self.by_address.get(index as usize);
-        if let Some((cached, series)) = slot.and_then(OnceLock::get)
+        if let Some((cached, id)) = slot.and_then(OnceLock::get)
             && std::ptr::eq(cached.as_str(), text)
         {
-            return series;
+            return *id;
         }
         self.resolve_and_cache(matched, slot)
     }
@@ -567,32 +581,45 @@ impl RouteTable {
     #[cold]
     #[inline(never)]
     fn resolve_and_cache(
-        &'static self,
+        &self,
         matched: &MatchedPath,
-        slot: Option<&OnceLock<(MatchedPath, &'static RouteSeries)>>,
-    ) -> &'static RouteSeries {
+        slot: Option<&OnceLock<(MatchedPath, RouteId)>>,
+    ) -> RouteId {
         let text = matched.as_str();
         let address = text.as_ptr() as u64;
-        let series = self.resolve(Some(text));
+        let id = self.resolve_id(Some(text));
         // Cached once the same address comes twice in a row for this route
         // on one thread, so that templates axum builds per request (nested
         // routers) never take a slot. First come, first served; a taken slot
         // keeps its route, and then nothing is written here at all.
         if let Some(slot) = slot
             && slot.get().is_none()
-            && series.swap_last_address(thread_shard(), address) == address
+            && self.get(id).swap_last_address(thread_shard(), address) == address
         {
-            let _ = slot.set((matched.clone(), series));
+            let _ = slot.set((matched.clone(), id));
         }
-        series
+        id
+    }
+
+    /// The entry of `id`.
+    #[inline]
+    pub(crate) fn get(&self, id: RouteId) -> &RouteSeries {
+        self.slots
+            .get(usize::from(id.0))
+            .and_then(OnceLock::get)
+            .map_or(&self.unmatched, |entry| &**entry)
     }
 
     /// Finds (or, on first sight, creates) the entry for a route template;
     /// `None` is the unmatched route.
-    #[inline]
+    #[cfg(test)]
     pub(crate) fn resolve(&self, template: Option<&str>) -> &RouteSeries {
+        self.get(self.resolve_id(template))
+    }
+
+    fn resolve_id(&self, template: Option<&str>) -> RouteId {
         let Some(template) = template else {
-            return &self.unmatched;
+            return RouteId::UNMATCHED;
         };
         let mut slot = (hash(template.as_bytes()) as usize) % ROUTE_SLOTS;
         for _ in 0..ROUTE_SLOTS {
@@ -603,12 +630,12 @@ impl RouteTable {
                     .get_or_init(|| Box::new(RouteSeries::new(Arc::from(template), self.shards))),
             };
             if *entry.label == *template {
-                return entry;
+                return RouteId(slot as u16);
             }
             slot = (slot + 1) % ROUTE_SLOTS;
         }
         table_full_warning();
-        &self.unmatched
+        RouteId::UNMATCHED
     }
 
     /// Every route seen so far, the unmatched one included.

@@ -813,7 +813,7 @@ async fn read_endpoints_require_credentials_when_configured() {
 
 fn record(i: u64) -> RequestRecord {
     RequestRecord {
-        route: "/api/followups/{id}",
+        route: "/api/followups/{id}".into(),
         method: http::Method::PATCH,
         status: 200,
         duration: Duration::from_micros(1500 + i),
