@@ -6,7 +6,8 @@
 //!   instrumented app over protobuf while the test sends a fixed mix of
 //!   requests sleeping 20 ms and 300 ms; the P95 that PromQL computes from
 //!   the native series lies in the schema-3 bucket of the latency the test
-//!   imposed;
+//!   imposed; another scrapes the demo's Follow-Up API the same way and
+//!   stores its latency histogram as native series;
 //! - a Prometheus with `--enable-feature=exemplar-storage` scrapes
 //!   OpenMetrics text; `/api/v1/query_exemplars` returns the trace ids the
 //!   test sent in `traceparent` headers (and, to a second app, in
@@ -1116,4 +1117,104 @@ async fn builder_switches_turn_each_part_off() {
             assert!(!openmetrics.contains(" # {"), "{case}:\n{openmetrics}");
         }
     }
+}
+
+/// The demo's Follow-Up API (`okr-exporter demo`) serves its own latency
+/// histogram natively: a Prometheus with native histograms on scrapes it
+/// over protobuf and stores native series of the routes the test called,
+/// counting each call, with no classic buckets beside them; its P95 lies
+/// between the fastest and the slowest call the client measured (widened by
+/// one schema-3 bucket each way).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_api_is_scraped_natively_over_protobuf() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = crate::support::prepared_db().await;
+    let client = http_client();
+    let api = okr_exporter::demo::api::router(db.pool.clone(), Registry::default());
+    let (base, _server) = serve(api).await;
+    let (prom_process, prom) =
+        start_prometheus(dir.path(), "native-histograms", &[("demo", &base)]).await;
+    wait_until_up(&client, &prom, &prom_process, 1).await;
+
+    // Creates follow-ups (the handler simulates 10-60 ms of work); every
+    // call timed here.
+    const CALLS: usize = 20;
+    let mut latencies = Vec::new();
+    for i in 0..CALLS {
+        let started = Instant::now();
+        let response = client
+            .post(format!("{base}/api/followups"))
+            .json(&serde_json::json!({"creator_id": format!("seller-{i:02}")}))
+            .send()
+            .await
+            .expect("create");
+        latencies.push(started.elapsed().as_secs_f64());
+        assert!(response.status().is_success(), "{}", response.status());
+        // Spread over a few scrapes, so that rate() sees the count grow.
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let created = latencies.len() as f64;
+    let route_count = |route: &'static str, method: &'static str| {
+        let client = client.clone();
+        let prom = prom.clone();
+        async move {
+            let body = instant_query(
+                &client,
+                &prom,
+                &format!("{FAMILY}{{http_route=\"{route}\",http_request_method=\"{method}\"}}"),
+            )
+            .await;
+            match result(&body).as_slice() {
+                [one] => one["histogram"][1].get("count").map(number),
+                _ => None,
+            }
+        }
+    };
+    let ingested = eventually(PROMETHEUS_DEADLINE, || async {
+        route_count("/api/followups", "POST").await == Some(created)
+    })
+    .await;
+    assert!(
+        ingested,
+        "no native histogram counting the {CALLS} POST /api/followups calls:\n{}\n{}",
+        instant_query(&client, &prom, FAMILY).await,
+        prom_process.log_tail()
+    );
+    let classic = instant_query(&client, &prom, &format!("{FAMILY}_bucket")).await;
+    assert!(
+        result(&classic).is_empty(),
+        "classic buckets stored: {classic}"
+    );
+
+    let query = format!(
+        "histogram_quantile(0.95, sum(rate({FAMILY}{{http_route=\"/api/followups\",http_request_method=\"POST\"}}[1m])))"
+    );
+    let p95 = Arc::new(std::sync::Mutex::new(None));
+    let answered = eventually(PROMETHEUS_DEADLINE, || async {
+        let body = instant_query(&client, &prom, &query).await;
+        let value = match result(&body).as_slice() {
+            [one] => Some(number(&one["value"][1])).filter(|v| v.is_finite()),
+            _ => None,
+        };
+        *p95.lock().unwrap() = value;
+        value.is_some()
+    })
+    .await;
+    let p95 = p95.lock().unwrap().take();
+    let Some(p95) = p95.filter(|_| answered) else {
+        panic!("{query}: no value\n{}", prom_process.log_tail());
+    };
+    let fastest = latencies.iter().copied().fold(f64::INFINITY, f64::min);
+    let slowest = latencies.iter().copied().fold(0.0, f64::max);
+    // Server-side latencies are below the client's; the estimate stays in
+    // the buckets the recorded ones fall in.
+    let (lower, upper) = (
+        native_upper(native_index(fastest.min(1e-3)) - 2),
+        native_upper(native_index(slowest) + 1),
+    );
+    assert!(
+        lower <= p95 && p95 <= upper,
+        "P95 {p95} s outside ({lower}, {upper}] of the calls measured ({fastest} … {slowest} s)"
+    );
+    drop(prom_process);
 }
