@@ -13,12 +13,11 @@
 //!   classic and native buckets, exemplars read from `traceparent`;
 //! - `metrics_classic_only`: the layer with native buckets and exemplars
 //!   off — the layer as it was before either existed;
-//! - `empty_layer_traced` / `metrics_layer_traced`: the same requests with a
-//!   W3C `traceparent` header, so the metrics layer keeps an exemplar (in
-//!   `layer_only`, among seven other headers a browser sends);
-//! - `empty_layer_headers` / `metrics_layer_headers` (`layer_only`): those
-//!   seven headers without a trace id — what looking for one costs a real
-//!   request;
+//! - `*_headers`: the requests carry seven headers a browser sends, none a
+//!   trace id, so the layer looks for `traceparent` among them (what a real
+//!   request costs; without headers the lookup is skipped);
+//! - `*_traced`: the same seven headers and a W3C `traceparent`, so the
+//!   metrics layer keeps an exemplar;
 //! - `empty_handler_layer` / `metrics_handler_layer`: the same two layers
 //!   applied with `Handler::layer`, which skips `Router::layer`'s boxing
 //!   (`MatchedPath` is already set when a handler runs);
@@ -307,13 +306,13 @@ impl Case {
         }
     }
 
-    /// As [`router`](Self::router), each request carrying a `traceparent`.
-    fn router_traced(name: &'static str, router: Router) -> Self {
+    /// As [`router`](Self::router), each request carrying `headers`.
+    fn router_with(name: &'static str, router: Router, headers: &'static [(&str, &str)]) -> Self {
         Self {
             name,
             make: Box::new(move || {
                 let mut router = router.clone();
-                Box::new(move || traced_request(&mut router))
+                Box::new(move || request_with(&mut router, headers))
             }),
         }
     }
@@ -386,13 +385,30 @@ fn router_cases(logged: Option<HttpMetricsLayer>) -> Vec<Case> {
             "metrics_classic_only",
             prepared(routes().layer(classic_only)),
         ),
-        Case::router_traced(
+        Case::router_with(
+            "empty_layer_headers",
+            prepared(routes().layer(PassThroughLayer)),
+            BROWSER_HEADERS,
+        ),
+        Case::router_with(
+            "metrics_layer_headers",
+            prepared(routes().layer(metrics.clone())),
+            BROWSER_HEADERS,
+        ),
+        Case::router_with(
+            "metrics_classic_only_headers",
+            prepared(routes().layer(classic_only_layer())),
+            BROWSER_HEADERS,
+        ),
+        Case::router_with(
             "empty_layer_traced",
             prepared(routes().layer(PassThroughLayer)),
+            TRACED,
         ),
-        Case::router_traced(
+        Case::router_with(
             "metrics_layer_traced",
             prepared(routes().layer(metrics.clone())),
+            TRACED,
         ),
     ];
     if let Some(logged) = logged {
@@ -565,13 +581,18 @@ fn classic_only_layer() -> HttpMetricsLayer {
 /// A W3C trace context header, as a traced client sends it.
 const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-/// As [`request`], with a `traceparent` header.
+/// As [`request`], with `headers`.
 #[inline]
-fn traced_request(router: &mut Router) -> usize {
-    let request = Request::get("/api/followups/42")
-        .header("traceparent", TRACEPARENT)
+fn request_with(router: &mut Router, headers: &'static [(&str, &str)]) -> usize {
+    let mut request = Request::get("/api/followups/42")
         .body(Body::empty())
         .expect("static request is valid");
+    for &(name, value) in headers {
+        request.headers_mut().append(
+            http::HeaderName::from_static(name),
+            http::HeaderValue::from_static(value),
+        );
+    }
     respond(Service::<Request<Body>>::call(router, request))
 }
 
@@ -755,13 +776,13 @@ fn print_paired(title: &str, cases: &[Case], results: &[Vec<f64>], references: &
         .filter_map(|name| Some((cases.iter().position(|c| c.name == *name)?, *name)))
         .collect();
     println!("{title}: median ns/request; per-round difference: median [p25, p75]");
-    print!("  {:<24} {:>7}", "case", "ns/req");
+    print!("  {:<30} {:>7}", "case", "ns/req");
     for (_, name) in &references {
-        print!("   {:>24}", format!("over {name}"));
+        print!("   {:>30}", format!("over {name}"));
     }
     println!();
     for (i, case) in cases.iter().enumerate() {
-        print!("  {:<24} {:>7.0}", case.name, quantile(&results[i], 0.5));
+        print!("  {:<30} {:>7.0}", case.name, quantile(&results[i], 0.5));
         for (reference, _) in &references {
             let diff: Vec<f64> = results[i]
                 .iter()
@@ -860,7 +881,12 @@ fn benches(c: &mut Criterion) {
             &title,
             cases,
             &results,
-            &["bare", "empty_layer", "metrics_classic_only"],
+            &[
+                "empty_layer",
+                "metrics_classic_only",
+                "empty_layer_headers",
+                "metrics_classic_only_headers",
+            ],
         );
     }
 

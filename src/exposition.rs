@@ -171,10 +171,7 @@ fn encode_protobuf(
     let mut families = prometheus_protobuf::encode(registry)?;
     if !exemplars.is_empty() {
         let index = exemplar_index(exemplars);
-        for family in families
-            .iter_mut()
-            .filter(|f| f.name == REQUEST_DURATION_FAMILY)
-        {
+        for family in families.iter_mut().filter(|f| is_request_duration(&f.name)) {
             for metric in &mut family.metric {
                 attach_protobuf_exemplars(metric, &index);
             }
@@ -246,16 +243,26 @@ fn protobuf_exemplar(exemplar: &BucketExemplar) -> proto::Exemplar {
     }
 }
 
+/// Whether a family is the middleware's latency histogram, registered at
+/// the root or in a sub-registry with a prefix (`<prefix>_http_server_…`).
+fn is_request_duration(name: &str) -> bool {
+    name.strip_suffix(REQUEST_DURATION_FAMILY)
+        .is_some_and(|prefix| prefix.is_empty() || prefix.ends_with('_'))
+}
+
 /// Appends ` # {trace_id="…"} value timestamp` to the OpenMetrics bucket
 /// lines of the latency histogram that have an exemplar.
 fn openmetrics_exemplars(text: &str, exemplars: &[BucketExemplar]) -> String {
     let index = exemplar_index(exemplars);
-    let prefix = format!("{REQUEST_DURATION_FAMILY}_bucket{{");
     let mut out = String::with_capacity(text.len() + exemplars.len() * 96);
     for line in text.split_inclusive('\n') {
         let exemplar = line
-            .strip_prefix(&prefix)
-            .and_then(parse_labels)
+            .split_once('{')
+            .filter(|(name, _)| {
+                name.strip_suffix("_bucket")
+                    .is_some_and(is_request_duration)
+            })
+            .and_then(|(_, labels)| parse_labels(labels))
             .and_then(|labels| {
                 let get = |name: &str| {
                     labels
@@ -833,6 +840,52 @@ mod tests {
             // Exemplars off: none kept.
             let (_, layer, _) = traffic(HttpMetricsLayer::builder().exemplars(false)).await;
             assert!(layer.exemplars().is_empty());
+        }
+
+        #[tokio::test]
+        async fn an_exemplar_keeps_its_timestamp_across_scrapes() {
+            let (_registry, layer, _) = traffic(HttpMetricsLayer::builder()).await;
+            let first = layer.exemplars();
+            // Past the once-a-second refresh of the offset to the system
+            // clock, which the latency clock drifts against.
+            tokio::time::sleep(Duration::from_millis(1_100)).await;
+            assert_eq!(layer.exemplars(), first);
+        }
+
+        #[tokio::test]
+        async fn exemplars_are_written_under_a_registry_prefix_too() {
+            let mut root = Registry::default();
+            let layer = HttpMetricsLayer::builder().register(root.sub_registry_with_prefix("api"));
+            let app = Router::new()
+                .route("/r", get(|| async { "ok" }))
+                .layer(layer.clone());
+            let request = Request::get("/r")
+                .header("traceparent", format!("00-{TRACE_A}-00f067aa0ba902b7-01"))
+                .body(Body::empty())
+                .unwrap();
+            app.oneshot(request).await.unwrap();
+            let exemplars = layer.exemplars();
+            let text = String::from_utf8(
+                encode_with_exemplars(&root, &exemplars, Format::OpenMetrics).unwrap(),
+            )
+            .unwrap();
+            assert!(
+                text.lines().any(|l| l
+                    .starts_with("api_http_server_request_duration_seconds_bucket{")
+                    && l.contains(&format!("# {{trace_id=\"{TRACE_A}\"}}"))),
+                "{text}"
+            );
+            let families =
+                decode(&encode_with_exemplars(&root, &exemplars, Format::Protobuf).unwrap());
+            let family = families
+                .iter()
+                .find(|f| f.name == "api_http_server_request_duration_seconds")
+                .expect("the prefixed family");
+            let h = family.metric[0].histogram.as_ref().unwrap();
+            assert_eq!(h.exemplars.len(), 1);
+            assert!(!is_request_duration(
+                "xhttp_server_request_duration_seconds"
+            ));
         }
 
         #[tokio::test]

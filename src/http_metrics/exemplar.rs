@@ -144,8 +144,9 @@ fn parse_traceparent(value: &[u8]) -> Option<TraceId> {
 struct Kept {
     id: TraceId,
     nanos: u64,
-    /// Raw latency-clock reading when the request finished, turned into
-    /// wall-clock time only when scraped (no system clock read per request).
+    /// When the request finished, in nanoseconds since the Unix epoch (from
+    /// the latency clock's reading and the cached offset to the system
+    /// clock: no system clock read per request).
     at: u64,
 }
 
@@ -162,7 +163,7 @@ impl ExemplarSlots {
     }
 
     /// Keeps `id` as the exemplar of `bucket`, replacing the one before;
-    /// `at` is the raw clock reading of the request's end.
+    /// `at` is when the request finished, in Unix nanoseconds.
     pub(crate) fn record(&self, bucket: usize, id: &TraceId, nanos: u64, at: u64) {
         let Some(slot) = self.slots.get(bucket) else {
             return;
@@ -175,8 +176,8 @@ impl ExemplarSlots {
         *kept = Some(Kept { id: *id, nanos, at });
     }
 
-    /// `(bucket index, trace id, latency in nanoseconds, raw end reading)`
-    /// of every kept exemplar.
+    /// `(bucket index, trace id, latency in nanoseconds, Unix nanoseconds
+    /// of the end)` of every kept exemplar.
     pub(crate) fn snapshot(&self) -> Vec<(usize, String, u64, u64)> {
         self.slots
             .iter()

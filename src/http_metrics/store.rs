@@ -26,7 +26,7 @@ use super::native;
 use super::shard::thread_shard;
 use super::sink::RouteLabel;
 
-/// A request's trace id and the raw clock reading of its end, to keep as
+/// A request's trace id and when it finished (Unix nanoseconds), to keep as
 /// its bucket's exemplar.
 pub(crate) type Exemplar<'a> = Option<(&'a TraceId, u64)>;
 
@@ -293,8 +293,8 @@ impl SeriesCounters {
         Some(counts)
     }
 
-    /// `(classic bucket index, trace id, latency in ns, raw end reading)` of
-    /// the kept exemplars.
+    /// `(classic bucket index, trace id, latency in ns, Unix nanoseconds of
+    /// the end)` of the kept exemplars.
     pub(crate) fn exemplars(&self) -> Vec<(usize, String, u64, u64)> {
         self.exemplars
             .get()
