@@ -499,6 +499,11 @@ fn layer_only_cases(logged: Option<HttpMetricsLayer>) -> Vec<Case> {
             metrics.layer(inner),
             BROWSER_HEADERS,
         ),
+        Case::service_with(
+            "metrics_classic_only_headers",
+            classic_only_layer().layer(inner),
+            BROWSER_HEADERS,
+        ),
         Case::service_with("empty_layer_traced", PassThroughLayer.layer(inner), TRACED),
         Case::service_with("metrics_layer_traced", metrics.layer(inner), TRACED),
     ];

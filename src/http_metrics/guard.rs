@@ -89,8 +89,7 @@ impl Drop for RequestGuard {
                 // (re-taken at most once a second): converted at each scrape,
                 // the TSC's drift against the system clock moved the same
                 // exemplar's timestamp, which Prometheus stores as another.
-                let at = self.state.wall.time_of(clock, end, end);
-                (id, unix_nanos(at))
+                (id, self.state.wall.unix_nanos_now(clock, end))
             }),
         );
         if let Some(log) = &self.state.log
@@ -100,12 +99,6 @@ impl Drop for RequestGuard {
             self.send_record(log, extra, status, nanos, end);
         }
     }
-}
-
-/// Nanoseconds since the Unix epoch (0 before it).
-fn unix_nanos(at: std::time::SystemTime) -> u64 {
-    at.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl RequestGuard {

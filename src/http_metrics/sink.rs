@@ -240,6 +240,20 @@ impl WallClock {
         u64::try_from(nanos).map_or(UNIX_EPOCH, |n| UNIX_EPOCH + Duration::from_nanos(n))
     }
 
+    /// [`time_of`](Self::time_of) a reading taken just now, as nanoseconds
+    /// since the Unix epoch (0 before it): integer arithmetic only.
+    #[inline]
+    pub(crate) fn unix_nanos_now(&self, clock: &RawClock, now: u64) -> u64 {
+        if now >= self.refresh_after.load(Ordering::Relaxed) {
+            self.refresh(clock);
+        }
+        let nanos = self
+            .offset
+            .load(Ordering::Relaxed)
+            .saturating_add(raw_nanos(clock, now));
+        u64::try_from(nanos).unwrap_or(0)
+    }
+
     #[cold]
     fn refresh(&self, clock: &RawClock) {
         let wall = (self.system_time)()
