@@ -24,8 +24,14 @@
 //! there is no transition; otherwise the source's own shards stay counted
 //! centrally for the whole clone. A shard's count can only return to 0 by
 //! dropping a handle that a finished clone returned, after that clone's
-//! central increment. So the central count is above zero while any handle
-//! is alive.
+//! central increment. A handle made while another thread's 0→1 is still
+//! pending is covered by that pending clone's borrowed source, made
+//! earlier; following sources back ends at a shard counted centrally. So
+//! the central count is above zero while any handle is alive. (SeqCst is
+//! stronger than this needs; release/acquire would do. A count wrapping
+//! around can only leak, as a forgotten handle does.) The algorithm was
+//! model-checked with loom, including the race of two threads extending
+//! one handle to the same shard.
 
 use std::marker::PhantomData;
 use std::ptr::NonNull;
@@ -106,15 +112,14 @@ impl<T: Send + Sync> Shared<T> {
         }
     }
 
-    /// Releases one reference on `shard`; true when it was the last of all.
+    /// Releases one reference on a shard's `count`; true when it was the
+    /// last of all. Takes the two atomics, not `&Inner<T>`: another thread
+    /// may free the state as soon as `count` is decremented, and a reference
+    /// argument to `Inner<T>` (whose `counts` pointer and `value` are not
+    /// interior-mutable) must stay valid until the function returns.
     #[inline]
-    fn release(inner: &Inner<T>, shard: usize) -> bool {
-        match inner.counts.get(shard) {
-            Some(count) if count.0.fetch_sub(1, Ordering::SeqCst) == 1 => {
-                inner.live_shards.fetch_sub(1, Ordering::SeqCst) == 1
-            }
-            _ => false,
-        }
+    fn release(count: &AtomicUsize, live_shards: &AtomicUsize) -> bool {
+        count.fetch_sub(1, Ordering::SeqCst) == 1 && live_shards.fetch_sub(1, Ordering::SeqCst) == 1
     }
 }
 
@@ -163,11 +168,14 @@ impl<T: Send + Sync> Drop for Shared<T> {
     fn drop(&mut self) {
         let mut held = *self.held.get_mut();
         let inner = self.inner();
+        let (counts, live_shards) = (&*inner.counts, &inner.live_shards);
         let mut last = false;
         while held != 0 {
             let shard = held.trailing_zeros() as usize;
             held &= held - 1;
-            last |= Self::release(inner, shard);
+            if let Some(count) = counts.get(shard) {
+                last |= Self::release(&count.0, live_shards);
+            }
         }
         if last {
             // Pairs with the releases of all other handles (as `Arc` does).
