@@ -297,13 +297,7 @@ struct Case {
 
 impl Case {
     fn router(name: &'static str, router: Router) -> Self {
-        Self {
-            name,
-            make: Box::new(move || {
-                let mut router = router.clone();
-                Box::new(move || request(&mut router))
-            }),
-        }
+        Self::router_with(name, router, &[])
     }
 
     /// As [`router`](Self::router), each request carrying `headers`.
@@ -317,8 +311,7 @@ impl Case {
         }
     }
 
-    /// As [`service`](Self::service), each request carrying `headers`.
-    fn service_with<S>(name: &'static str, service: S, headers: &'static [(&str, &str)]) -> Self
+    fn service<S>(name: &'static str, service: S) -> Self
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
             + Clone
@@ -326,19 +319,11 @@ impl Case {
             + Sync
             + 'static,
     {
-        let paths = [captured_matched_path(), captured_matched_path()];
-        let next = AtomicUsize::new(0);
-        Self {
-            name,
-            make: Box::new(move || {
-                let mut service = service.clone();
-                let matched_path = paths[next.fetch_add(1, Ordering::Relaxed) % 2].clone();
-                Box::new(move || call_service_with(&mut service, &matched_path, headers))
-            }),
-        }
+        Self::service_with(name, service, &[])
     }
 
-    fn service<S>(name: &'static str, service: S) -> Self
+    /// As [`service`](Self::service), each request carrying `headers`.
+    fn service_with<S>(name: &'static str, service: S, headers: &'static [(&str, &str)]) -> Self
     where
         S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>
             + Clone
@@ -358,7 +343,7 @@ impl Case {
             make: Box::new(move || {
                 let mut service = service.clone();
                 let matched_path = paths[next.fetch_add(1, Ordering::Relaxed) % 2].clone();
-                Box::new(move || call_service(&mut service, &matched_path))
+                Box::new(move || call_service_with(&mut service, &matched_path, headers))
             }),
         }
     }
@@ -569,10 +554,7 @@ fn captured_matched_path() -> MatchedPath {
 /// One request: build it, call the router, drain the body, drop it all.
 #[inline]
 fn request(router: &mut Router) -> usize {
-    let request = Request::get("/api/followups/42")
-        .body(Body::empty())
-        .expect("static request is valid");
-    respond(Service::<Request<Body>>::call(router, request))
+    request_with(router, &[])
 }
 
 /// The layer without native buckets or exemplars, as it was before them.
@@ -648,17 +630,6 @@ where
             http::HeaderValue::from_static(value),
         );
     }
-    request.extensions_mut().insert(matched_path.clone());
-    respond(service.call(request))
-}
-
-/// One request straight to a service, `MatchedPath` included.
-#[inline]
-fn call_service<S>(service: &mut S, matched_path: &MatchedPath) -> usize
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible>,
-{
-    let mut request = Request::new(Body::empty());
     request.extensions_mut().insert(matched_path.clone());
     respond(service.call(request))
 }

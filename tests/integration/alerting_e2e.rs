@@ -14,9 +14,8 @@
 //! 127.0.0.1 only.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::dashboards::dashboard_queries;
-use crate::support::{eventually, prepared_db, require_tool, start_exporter};
+use crate::support::{eventually, prepared_db, require_tool, start_exporter, start_ready};
 
 /// How long the PATCH handler takes: above its 0.2 s P95 target, below the
 /// 1 s hard limit, so only the warning-level P95 alert may fire.
@@ -79,35 +78,6 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// A child process that is killed and reaped when dropped, so a failing
-/// assertion never leaves Prometheus or Alertmanager behind.
-struct ChildProcess {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl ChildProcess {
-    /// The last lines of the process's output, for failure messages.
-    fn log_tail(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        let start = lines.len().saturating_sub(30);
-        format!(
-            "--- {} log tail ---\n{}",
-            self.name,
-            lines[start..].join("\n")
-        )
-    }
-}
-
-impl Drop for ChildProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Aborts a background task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -131,62 +101,11 @@ fn alertmanager_command() -> String {
     require_tool("prometheus-alertmanager")
 }
 
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free loopback port")
-        .port()
-}
-
 fn http_client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .expect("HTTP client")
-}
-
-/// Starts `program` with the arguments `args(port)` on a free loopback port
-/// and waits for `/-/ready`; retries with another port if the process dies
-/// (for example because the port was taken in between). Returns the process
-/// and its base URL.
-async fn start_ready(
-    name: &'static str,
-    program: &str,
-    dir: &Path,
-    args: impl Fn(u16) -> Vec<String>,
-) -> (ChildProcess, String) {
-    let client = http_client();
-    let mut last_log = String::new();
-    for attempt in 0..3 {
-        let port = free_port();
-        let log = dir.join(format!("{name}-{attempt}.log"));
-        let out = File::create(&log).expect("log file");
-        let err = out.try_clone().expect("log file");
-        let child = Command::new(program)
-            .args(args(port))
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
-        let mut process = ChildProcess { name, child, log };
-        let base = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if process.child.try_wait().ok().flatten().is_some() {
-                break;
-            }
-            if let Ok(resp) = client.get(format!("{base}/-/ready")).send().await
-                && resp.status().is_success()
-            {
-                return (process, base);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        last_log = process.log_tail();
-    }
-    panic!("{name} did not become ready on 127.0.0.1\n{last_log}");
 }
 
 /// Webhook notifications as (request path, JSON payload).

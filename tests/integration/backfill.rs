@@ -17,7 +17,7 @@ use rand::{Rng, SeedableRng};
 use uuid::Uuid;
 
 use crate::reference::{self, F, Fixture, Key, expected, key};
-use crate::support::{exporter_bin, prepared_db, require_tool};
+use crate::support::{exporter_bin, free_port, prepared_db, require_tool};
 
 const WINDOWS: &str = "1h,1d";
 const TOP_N: usize = 3;
@@ -201,13 +201,6 @@ impl Drop for Running {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 async fn start_prometheus(dir: &Path, data: &Path) -> (Running, String) {

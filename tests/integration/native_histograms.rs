@@ -45,7 +45,7 @@ use prost::Message;
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::support::{ChildProcess, eventually, require_tool, start_ready};
+use crate::support::{ChildProcess, eventually, promtool_check_metrics, require_tool, start_ready};
 
 /// What `/fast` sleeps.
 const FAST: Duration = Duration::from_millis(20);
@@ -575,33 +575,6 @@ fn check_slow_exemplar(stored: &StoredExemplar, job: &str, latency: f64) {
     assert_eq!(
         le, expected_le,
         "a {value} s exemplar belongs on le=\"{expected_le}\": {stored:#?}"
-    );
-}
-
-/// Runs `promtool check metrics` on `text`.
-fn promtool_check_metrics(text: &str) {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let promtool = require_tool("promtool");
-    let mut child = Command::new(promtool)
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start promtool");
-    child
-        .stdin
-        .take()
-        .expect("promtool stdin")
-        .write_all(text.as_bytes())
-        .expect("write to promtool");
-    let out = child.wait_with_output().expect("promtool");
-    assert!(
-        out.status.success(),
-        "promtool check metrics: {}{}\n{text}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
     );
 }
 
