@@ -494,7 +494,11 @@ fn exemplars_allocate_nothing_per_request_once_a_series_has_its_slots() {
             .layer(layer.clone()),
     ));
     assert_eq!(ours, empty, "empty layer {empty}, metrics {ours}");
+    // One exemplar per bucket the requests landed in: usually the first,
+    // but a busy machine can push a request or two into later ones.
     let kept = layer.exemplars();
-    assert_eq!(kept.len(), 1, "{kept:?}");
-    assert_eq!(kept[0].trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert!(!kept.is_empty());
+    for exemplar in &kept {
+        assert_eq!(exemplar.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+    }
 }
