@@ -36,7 +36,8 @@ pub(crate) enum Admission {
     Admitted(Arc<OpenConnection>),
     /// There was room once the longest-idle connection was evicted.
     AdmittedByEviction(Arc<OpenConnection>),
-    /// Every connection is busy: wait for [`OpenConnections::changed`].
+    /// No room: every connection is busy, or one evicted earlier has not
+    /// closed yet. Wait for [`OpenConnections::changed`].
     Full,
 }
 
@@ -56,7 +57,8 @@ impl OpenConnections {
         self.cap
     }
 
-    /// Number of open connections.
+    /// Number of open connections, evicted ones included until their
+    /// socket is closed.
     pub(crate) fn len(&self) -> usize {
         self.lock().len()
     }
@@ -69,11 +71,17 @@ impl OpenConnections {
 
     /// Registers a newly accepted connection, evicting the longest-idle one
     /// when the table is full.
+    ///
+    /// An evicted connection keeps its entry (and its file descriptor) until
+    /// its task has closed it, and a full table evicts again only once the
+    /// previous eviction has closed: however far the accept loop runs ahead
+    /// of the connection tasks (a busy machine), open sockets stay within
+    /// the cap plus one, so the descriptor reserve is never eaten into.
     pub(crate) fn admit(&self) -> Admission {
         let mut conns = self.lock();
         let mut evicted = false;
         if conns.len() >= self.cap {
-            if !Self::evict_longest_idle_locked(&mut conns) {
+            if Self::closing(&conns) || !Self::evict_longest_idle_locked(&conns) {
                 return Admission::Full;
             }
             evicted = true;
@@ -98,13 +106,22 @@ impl OpenConnections {
         }
     }
 
-    /// Evicts the connection that has waited for request headers the
-    /// longest; false when every connection is busy.
+    /// Makes sure a descriptor is about to be freed: true when a connection
+    /// evicted earlier is still closing, or the one that has waited for
+    /// request headers the longest was just evicted; false when every
+    /// connection is busy. An evicted connection leaves the table when its
+    /// task has closed it ([`remove`](Self::remove)).
     pub(crate) fn evict_longest_idle(&self) -> bool {
-        Self::evict_longest_idle_locked(&mut self.lock())
+        let conns = self.lock();
+        Self::closing(&conns) || Self::evict_longest_idle_locked(&conns)
     }
 
-    fn evict_longest_idle_locked(conns: &mut HashMap<u64, Arc<OpenConnection>>) -> bool {
+    /// Whether an evicted connection's socket is still open.
+    fn closing(conns: &HashMap<u64, Arc<OpenConnection>>) -> bool {
+        conns.values().any(|c| c.activity().evicted)
+    }
+
+    fn evict_longest_idle_locked(conns: &HashMap<u64, Arc<OpenConnection>>) -> bool {
         // Linear in the number of connections (at most the cap, ~1000), and
         // only run when the table is full.
         let mut idle: Vec<(Instant, u64)> = conns
@@ -114,16 +131,11 @@ impl OpenConnections {
         idle.sort_unstable();
         // A candidate may have become busy since it was looked at: then it
         // stays and the next one is tried.
-        for (_, id) in idle {
-            if conns.get(&id).is_some_and(|c| c.mark_evicted()) {
-                conns.remove(&id);
-                return true;
-            }
-        }
-        false
+        idle.into_iter()
+            .any(|(_, id)| conns.get(&id).is_some_and(|c| c.mark_evicted()))
     }
 
-    /// Forgets a connection whose task ended.
+    /// Forgets a connection whose task ended (its socket is closed).
     pub(crate) fn remove(&self, conn: &OpenConnection) {
         self.lock().remove(&conn.id);
         self.changed.notify_one();
@@ -360,24 +372,33 @@ mod tests {
         let second = admitted(table.admit());
         std::thread::sleep(std::time::Duration::from_millis(5));
         let third = admitted(table.admit());
-        // The oldest is busy: the second (idle 1 s longer than the third) goes.
+        // The oldest is busy: the second (idle longer than the third) goes.
         let busy = first.begin_request(None).expect("not evicted");
         let Admission::AdmittedByEviction(fourth) = table.admit() else {
             panic!("expected an eviction");
         };
         assert!(second.activity().evicted);
         assert!(!first.activity().evicted && !third.activity().evicted);
+        // An evicted connection refuses new requests.
+        assert!(second.begin_request(None).is_none());
+        // Its socket is open until its task ends: it still counts, and no
+        // further eviction happens meanwhile.
+        assert_eq!(table.len(), 4);
+        assert!(matches!(table.admit(), Admission::Full));
+        table.remove(&second);
         assert_eq!(table.len(), 3);
         // A stalled write keeps the third busy too; the fourth goes next.
         third.set_write_blocked(true);
         assert!(matches!(table.admit(), Admission::AdmittedByEviction(_)));
         assert!(fourth.activity().evicted);
-        // An evicted connection refuses new requests.
-        assert!(second.begin_request(None).is_none());
+        table.remove(&fourth);
         // Only busy ones and the newest are left; the newest goes, then the
         // table is full of busy connections.
+        let fifth = table.lock().values().max_by_key(|c| c.id).cloned().unwrap();
         assert!(matches!(table.admit(), Admission::AdmittedByEviction(_)));
-        let fifth_busy = {
+        assert!(fifth.activity().evicted);
+        table.remove(&fifth);
+        let sixth_busy = {
             let conns = table.lock();
             let newest = conns.values().max_by_key(|c| c.id).cloned().unwrap();
             drop(conns);
@@ -388,7 +409,42 @@ mod tests {
         drop(busy);
         assert!(matches!(table.admit(), Admission::AdmittedByEviction(_)));
         assert!(first.activity().evicted);
-        drop(fifth_busy);
+        drop(sixth_busy);
+    }
+
+    /// However many connections arrive before the evicted ones' tasks run,
+    /// open sockets stay within the cap plus one.
+    #[test]
+    fn evictions_wait_for_the_previous_one_to_close() {
+        let table = OpenConnections::new(2);
+        let _a = admitted(table.admit());
+        let _b = admitted(table.admit());
+        assert!(matches!(table.admit(), Admission::AdmittedByEviction(_)));
+        for _ in 0..10 {
+            assert!(matches!(table.admit(), Admission::Full));
+        }
+        assert_eq!(table.len(), 3);
+        let evicted = |table: &OpenConnections| -> Vec<Arc<OpenConnection>> {
+            let conns = table.lock();
+            conns
+                .values()
+                .filter(|c| c.activity().evicted)
+                .cloned()
+                .collect()
+        };
+        let closing = evicted(&table);
+        assert_eq!(closing.len(), 1);
+        // Out of descriptors: a connection closing already will free one,
+        // so no other is evicted.
+        assert!(table.evict_longest_idle());
+        assert_eq!(evicted(&table).len(), 1);
+        table.remove(&closing[0]);
+        assert_eq!(table.len(), 2);
+        // Once it has closed, the next eviction may happen.
+        assert!(table.evict_longest_idle());
+        let next = evicted(&table);
+        assert_eq!(next.len(), 1);
+        assert!(!Arc::ptr_eq(&next[0], &closing[0]));
     }
 
     #[test]

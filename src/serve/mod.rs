@@ -30,8 +30,10 @@
 //! - **open connections**: at most [`ServeOptions::max_connections`], by
 //!   default derived from the process's file-descriptor limit
 //!   ([`connection_cap`]). At the cap the server keeps accepting and closes
-//!   the connection that has waited for request headers the longest;
-//!   connections with a request in progress are never closed that way. Accept
+//!   the connection that has waited for request headers the longest, one at
+//!   a time (an evicted connection counts until its socket is closed, so
+//!   open sockets never exceed the cap by more than one); connections with a
+//!   request in progress are never closed that way. Accept
 //!   errors (out of file descriptors) pause the loop briefly instead of
 //!   spinning, logged once per burst;
 //! - **lingering close** ([`LingerOptions`]): a client that sends a whole
@@ -258,7 +260,8 @@ pub async fn serve(
                     break conn;
                 }
                 // Every connection has a request in progress, each bounded
-                // by the request and send timeouts: wait for one to end.
+                // by the request and send timeouts, or an evicted one's task
+                // has not closed its socket yet: wait for either to end.
                 Admission::Full => tokio::select! {
                     () = &mut shutdown => break 'accept,
                     () = table.changed() => {}

@@ -214,12 +214,14 @@ async fn metrics_answers_while_slow_and_idle_clients_exceed_the_fd_derived_cap()
         256,
         &[
             "--http-header-read-timeout",
-            "3s",
+            "5s",
             "--http-body-read-timeout",
             "3s",
         ],
     )
     .await;
+    // The header-read timeout is longer than the body's so that eviction
+    // (at once) and that timeout stay apart even on a busy machine.
     // 256 descriptors less the reserve of 64.
     let cap = 192;
     assert!(
@@ -240,7 +242,7 @@ async fn metrics_answers_while_slow_and_idle_clients_exceed_the_fd_derived_cap()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(
-        opened.elapsed() < Duration::from_secs(3),
+        opened.elapsed() < Duration::from_secs(5),
         "the probes ran after the header-read timeout"
     );
 
@@ -250,18 +252,18 @@ async fn metrics_answers_while_slow_and_idle_clients_exceed_the_fd_derived_cap()
         .into_iter()
         .chain(outcomes(idle).await)
         .collect();
-    // Waiting for headers: closed by eviction (at once) or by the 3 s
+    // Waiting for headers: closed by eviction (at once) or by the 5 s
     // header-read timeout, never left open.
     for h in &others {
         let after = h
             .closed_after
             .unwrap_or_else(|| panic!("{h:?} never closed"));
-        assert!(after < Duration::from_secs(6), "{h:?}");
+        assert!(after < Duration::from_secs(8), "{h:?}");
         assert!(h.received.is_empty(), "{h:?}");
     }
     let evicted = others
         .iter()
-        .filter(|h| h.closed_after.is_some_and(|d| d < Duration::from_secs(2)))
+        .filter(|h| h.closed_after.is_some_and(|d| d < Duration::from_secs(4)))
         .count();
     assert!(
         evicted >= 350 - cap,
