@@ -230,6 +230,20 @@ impl WallClock {
     /// The wall-clock time of the raw reading `at`, `now` being a later one.
     #[inline]
     pub(crate) fn time_of(&self, clock: &RawClock, at: u64, now: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.unix_nanos_of(clock, at, now))
+    }
+
+    /// [`time_of`](Self::time_of) a reading taken just now, as nanoseconds
+    /// since the Unix epoch: integer arithmetic only.
+    #[inline]
+    pub(crate) fn unix_nanos_now(&self, clock: &RawClock, now: u64) -> u64 {
+        self.unix_nanos_of(clock, now, now)
+    }
+
+    /// Nanoseconds since the Unix epoch of the raw reading `at` (0 before
+    /// it), `now` being a later one.
+    #[inline]
+    fn unix_nanos_of(&self, clock: &RawClock, at: u64, now: u64) -> u64 {
         if now >= self.refresh_after.load(Ordering::Relaxed) {
             self.refresh(clock);
         }
@@ -237,20 +251,6 @@ impl WallClock {
             .offset
             .load(Ordering::Relaxed)
             .saturating_add(raw_nanos(clock, at));
-        u64::try_from(nanos).map_or(UNIX_EPOCH, |n| UNIX_EPOCH + Duration::from_nanos(n))
-    }
-
-    /// [`time_of`](Self::time_of) a reading taken just now, as nanoseconds
-    /// since the Unix epoch (0 before it): integer arithmetic only.
-    #[inline]
-    pub(crate) fn unix_nanos_now(&self, clock: &RawClock, now: u64) -> u64 {
-        if now >= self.refresh_after.load(Ordering::Relaxed) {
-            self.refresh(clock);
-        }
-        let nanos = self
-            .offset
-            .load(Ordering::Relaxed)
-            .saturating_add(raw_nanos(clock, now));
         u64::try_from(nanos).unwrap_or(0)
     }
 
